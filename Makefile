@@ -1,0 +1,26 @@
+# Everything runs inside .venv in the repository. On a machine without CUDA the CPU build of torch is
+# installed first, so pip never pulls CUDA packages; a GPU user picks another: make TORCH_SPEC=torch setup
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+EXTRAS ?= dev
+
+.PHONY: setup test demo clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/python -m sae.demo
+
+clean-venv:
+	rm -rf $(VENV)

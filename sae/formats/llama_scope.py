@@ -1,0 +1,165 @@
+"""Llama Scope's release layout, read with its authors' inference semantics.
+
+A folder `Llama3_1-8B-Base-L15R-8x/` holds `hyperparams.json` and `checkpoints/final.safetensors` with
+`encoder.weight [F, D_in]`, `encoder.bias [F]`, `decoder.weight [D_out, F]` (feature i = column i),
+`decoder.bias [D_out]`, trained on inputs scaled to mean norm sqrt(D). Loading, as the authors' code does:
+  1. fold the dataset-wise norms: s = sqrt(D) / dataset_average_activation_norm, separately in and out;
+  2. rescale every decoder column to unit norm, moving the norm into the encoder row and bias;
+  3. JumpReLU on raw activations with the scalar `jump_relu_threshold` (chosen so mean L0 ~ top_k).
+SAELens's loader instead gates before step 2 (threshold x s_in on un-normed pre-activations), which
+picks a different set of features; we follow the authors.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from ..errors import FormatError
+from ..io import write_json
+from ..model import SAEMeta, SparseAutoencoder
+from .names import site_of_hooks
+from .tensors import check_tensors, read_json, read_tensors, require_keys, write_tensors
+
+HYPERPARAMS = "hyperparams.json"
+WEIGHTS = ("checkpoints/final.safetensors", "checkpoints/final.pt")
+REQUIRED = (
+    "d_model",
+    "d_sae",
+    "hook_point_in",
+    "hook_point_out",
+    "act_fn",
+    "jump_relu_threshold",
+    "norm_activation",
+    "dataset_average_activation_norm",
+)
+MODEL = "meta-llama/Llama-3.1-8B"
+
+
+def is_llama_scope_folder(path: Path) -> bool:
+    return (path / HYPERPARAMS).is_file()
+
+
+def weights_file(folder: Path) -> Path:
+    for rel in WEIGHTS:
+        if (folder / rel).is_file():
+            return folder / rel
+    return folder / WEIGHTS[0]
+
+
+def _dataset_norms(hp: dict, path: Path, d_in: int, d_out: int) -> tuple[float, float]:
+    mode = hp["norm_activation"]
+    if mode in ("none", None):
+        return math.sqrt(d_in), math.sqrt(d_out)
+    if mode != "dataset-wise":
+        raise FormatError(f"{path}: norm_activation {mode!r} is not supported (expected 'dataset-wise')")
+    norms = hp["dataset_average_activation_norm"]
+    if not isinstance(norms, dict) or not isinstance(norms.get("in"), (int, float)):
+        raise FormatError(f"{path}: dataset_average_activation_norm must be {{'in': x, 'out': y}}, got {norms!r}")
+    norm_in = float(norms["in"])
+    norm_out = float(norms.get("out") if isinstance(norms.get("out"), (int, float)) else norm_in)
+    if not (norm_in > 0 and norm_out > 0 and math.isfinite(norm_in + norm_out)):
+        raise FormatError(f"{path}: dataset norms must be positive and finite, got {norms!r}")
+    return norm_in, norm_out
+
+
+def read(folder: Path, *, device=None, dtype: torch.dtype | None = None, allow_pickle: bool = False) -> SparseAutoencoder:
+    """Load a Llama Scope folder into a raw-units JumpReLU SparseAutoencoder (keeping `k` for TopK)."""
+    hp_path = folder / HYPERPARAMS
+    hp = read_json(hp_path)
+    require_keys(hp, REQUIRED, hp_path)
+    if hp["act_fn"] not in ("jumprelu", "topk"):
+        raise FormatError(f"{hp_path}: act_fn {hp['act_fn']!r} is not supported (jumprelu or topk)")
+    d_in, n = int(hp["d_model"]), int(hp["d_sae"])
+    d_out = int(hp.get("d_model_out", d_in))
+    wpath = weights_file(folder)
+    t = read_tensors(wpath, device=device, allow_pickle=allow_pickle)
+    check_tensors(
+        t,
+        {"encoder.weight": (n, d_in), "encoder.bias": (n,), "decoder.weight": (d_out, n), "decoder.bias": (d_out,)},
+        wpath,
+    )
+    theta = hp["jump_relu_threshold"]
+    if not isinstance(theta, (int, float)) or not math.isfinite(theta):
+        raise FormatError(f"{hp_path}: jump_relu_threshold must be a finite number, got {theta!r}")
+    norm_in, norm_out = _dataset_norms(hp, hp_path, d_in, d_out)
+
+    layer_pos = site_of_hooks(hp["hook_point_in"], hp["hook_point_out"])
+    meta = SAEMeta(
+        name=folder.name.removeprefix("Llama3_1-8B-Base-"),
+        model=MODEL,
+        layer=layer_pos[0] if layer_pos else None,
+        position=layer_pos[1] if layer_pos else None,
+        hook_in=hp["hook_point_in"],
+        hook_out=hp["hook_point_out"],
+        dataset_norm_in=norm_in,
+        dataset_norm_out=norm_out,
+        source=str(folder),
+        provenance={"format": "llama-scope", "hyperparams": hp},
+    )
+    sae = SparseAutoencoder(d_in, n, d_out=d_out, activation="jumprelu", k=int(hp.get("top_k") or 50), meta=meta, device="meta")
+    # Fold in fp32 whatever the file holds, then cast once: bf16 folding would move features across theta.
+    work = torch.float32
+    enc = t.pop("encoder.weight").to(work)  # [F, D_in]; W_enc is its transpose, a view
+    dec = torch.empty(n, d_out, dtype=work, device=enc.device).copy_(t.pop("decoder.weight").T)
+    sae.W_enc = torch.nn.Parameter(enc.T, requires_grad=True)
+    sae.W_dec = torch.nn.Parameter(dec)
+    sae.b_enc = torch.nn.Parameter(t["encoder.bias"].to(work))
+    sae.b_dec = torch.nn.Parameter(t["decoder.bias"].to(work))
+    sae.threshold = torch.zeros(n, dtype=work, device=enc.device)
+    sae.fold_scales(math.sqrt(d_in) / norm_in, math.sqrt(d_out) / norm_out)
+    sae.set_unit_decoder_norms()
+    sae.threshold.fill_(float(theta))
+    target = dtype or work
+    return sae if target == work else sae.to(target)
+
+
+def write(sae: SparseAutoencoder, folder: Path) -> Path:
+    """Write in the release layout (fp of the SAE's dtype); exact inverse of `read` for jumprelu SAEs."""
+    meta = sae.meta
+    d_in, d_out, n = sae.d_in, sae.d_out, sae.n_features
+    norm_in = meta.dataset_norm_in or math.sqrt(d_in)
+    norm_out = meta.dataset_norm_out or math.sqrt(d_out)
+    s_in, s_out = math.sqrt(d_in) / norm_in, math.sqrt(d_out) / norm_out
+    with torch.no_grad():
+        unit = SparseAutoencoder(d_in, n, d_out=d_out, activation="jumprelu", dtype=torch.float32)
+        unit.load_state_dict({k: v.float() for k, v in sae.state_dict().items()})
+        unit.set_unit_decoder_norms()
+        thr = unit.threshold
+        if sae.activation != "jumprelu" or not torch.allclose(thr, thr[0].expand_as(thr), rtol=1e-5, atol=0):
+            raise FormatError(
+                "the Llama Scope layout holds a JumpReLU SAE with one scalar threshold on unit-norm decoder rows"
+            )
+        # With decoder columns of norm s_out/s_in, reading back rescales nothing (see module docstring).
+        tensors = {
+            "encoder.weight": unit.W_enc.T,
+            "encoder.bias": unit.b_enc * s_in,
+            "decoder.weight": unit.W_dec.T * (s_out / s_in),
+            "decoder.bias": unit.b_dec * s_out,
+        }
+        tensors = {k: v.to(sae.W_enc.dtype) for k, v in tensors.items()}
+    hook_in, hook_out = meta.hook_in or "unknown", meta.hook_out or meta.hook_in or "unknown"
+    hp = {
+        "d_model": d_in,
+        "d_sae": n,
+        "expansion_factor": n // d_in,
+        "dtype": str(sae.W_enc.dtype),
+        "hook_point_in": hook_in,
+        "hook_point_out": hook_out,
+        "use_decoder_bias": True,
+        "apply_decoder_bias_to_pre_encoder": False,
+        "act_fn": "jumprelu",
+        "jump_relu_threshold": float(thr[0]),
+        "top_k": sae.k,
+        "norm_activation": "dataset-wise",
+        "dataset_average_activation_norm": {"in": norm_in, "out": norm_out},
+        "sparsity_include_decoder_norm": True,
+    }
+    if d_out != d_in:
+        hp["d_model_out"] = d_out
+    write_tensors(tensors, folder / WEIGHTS[0])
+    write_json(folder / HYPERPARAMS, hp)
+    return folder
+

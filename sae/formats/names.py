@@ -1,0 +1,128 @@
+"""The paper's SAE names, `L{layer}{R|A|M|TC}-{8x|32x}[-TopK|-Vanilla]`, and their hook points.
+
+A suite prefix says where an SAE comes from: `llama-scope:` (the default for bare names) or `demo:`
+(SAEs this project trains on the embedded SmolLM2 model). Layers are 0-based.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import BadNameError
+
+POSITIONS = ("R", "A", "M", "TC")
+_NAME = re.compile(r"L(\d+)([A-Z]+)-(\d+)x(?:-(TopK|Vanilla))?")
+_HOOK = re.compile(r"blocks\.(\d+)\.(hook_resid_post|hook_attn_out|hook_mlp_out|ln2\.hook_normalized)")
+_HOOK_POSITION = {"hook_resid_post": "R", "hook_attn_out": "A", "hook_mlp_out": "M", "ln2.hook_normalized": "TC"}
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    n_layers: int
+    d_model: int
+    expansions: tuple[int, ...]
+    variants: tuple[str, ...]
+    model: str
+
+
+SUITES = {
+    "llama-scope": Suite("llama-scope", 32, 4096, (8, 32), ("TopK",), "meta-llama/Llama-3.1-8B"),
+    "demo": Suite("demo", 30, 576, (8, 32), ("TopK", "Vanilla"), "HuggingFaceTB/SmolLM2-135M-Instruct"),
+}
+DEFAULT_SUITE = "llama-scope"
+
+
+@dataclass(frozen=True)
+class SAEName:
+    suite: str
+    layer: int
+    position: str  # R | A | M | TC
+    expansion: int  # 8 or 32
+    variant: str = "TopK"
+
+    def __str__(self) -> str:
+        tail = "-Vanilla" if self.variant == "Vanilla" else ""
+        return f"L{self.layer}{self.position}-{self.expansion}x{tail}"
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.suite}:{self}"
+
+    @property
+    def n_features(self) -> int:
+        return self.expansion * SUITES[self.suite].d_model
+
+    @property
+    def hooks(self) -> tuple[str, str]:
+        return hook_points(self.layer, self.position)
+
+    @property
+    def hf_repo(self) -> str:
+        """Llama Scope: the HF repository holding all layers of this position and width."""
+        return f"fnlp/Llama3_1-8B-Base-LX{self.position}-{self.expansion}x"
+
+    @property
+    def hf_folder(self) -> str:
+        """Llama Scope: the folder inside `hf_repo` holding this SAE."""
+        return f"Llama3_1-8B-Base-L{self.layer}{self.position}-{self.expansion}x"
+
+
+def split_suite(spec: str) -> tuple[str | None, str]:
+    """`demo:L15R-8x` -> ("demo", "L15R-8x"); a bare string -> (None, string)."""
+    head, sep, tail = spec.partition(":")
+    if sep and re.fullmatch(r"[a-z][a-z0-9-]*", head) and len(head) > 1:
+        return head, tail
+    return None, spec
+
+
+def looks_like_name(spec: str) -> bool:
+    """True for anything meant as a name (a suite prefix, or the L.. grammar), valid or not."""
+    suite, rest = split_suite(spec)
+    return suite is not None or re.fullmatch(r"L\d+[A-Za-z]+-\d+x(-\w+)?", rest) is not None
+
+
+def parse_name(spec: str) -> SAEName:
+    """Parse and range-check a name; raises BadNameError saying exactly what is wrong."""
+    suite_name, rest = split_suite(spec.strip())
+    suite_name = suite_name or DEFAULT_SUITE
+    if suite_name not in SUITES:
+        raise BadNameError(f"unknown suite {suite_name!r} in {spec!r}; known suites: {', '.join(SUITES)}")
+    suite = SUITES[suite_name]
+    m = _NAME.fullmatch(rest)
+    if not m:
+        raise BadNameError(
+            f"{spec!r} is not an SAE name; expected L<layer><R|A|M|TC>-<8x|32x>, e.g. L15R-8x"
+        )
+    layer, position, expansion, variant = int(m[1]), m[2], int(m[3]), m[4] or "TopK"
+    if position not in POSITIONS:
+        raise BadNameError(f"{spec!r}: unknown position {position!r}; positions are R, A, M, TC")
+    if not 0 <= layer < suite.n_layers:
+        raise BadNameError(f"{spec!r}: layer {layer} out of range; {suite_name} has layers 0..{suite.n_layers - 1}")
+    if expansion not in suite.expansions:
+        widths = ", ".join(f"{e}x" for e in suite.expansions)
+        raise BadNameError(f"{spec!r}: width {expansion}x does not exist; {suite_name} has {widths}")
+    if variant not in suite.variants:
+        raise BadNameError(f"{spec!r}: {suite_name} has no {variant} SAEs (it has {', '.join(suite.variants)})")
+    return SAEName(suite_name, layer, position, expansion, variant)
+
+
+def hook_points(layer: int, position: str) -> tuple[str, str]:
+    """(hook_in, hook_out) in the TransformerLens names Llama Scope's files use."""
+    out = {"R": "hook_resid_post", "A": "hook_attn_out", "M": "hook_mlp_out", "TC": "hook_mlp_out"}
+    if position not in out:
+        raise BadNameError(f"unknown position {position!r}; positions are R, A, M, TC")
+    hook_in = "ln2.hook_normalized" if position == "TC" else out[position]
+    return f"blocks.{layer}.{hook_in}", f"blocks.{layer}.{out[position]}"
+
+
+def site_of_hooks(hook_in: str, hook_out: str | None = None) -> tuple[int, str] | None:
+    """(layer, position) for a pair of hook names, or None if they are not one of the four sites."""
+    m = _HOOK.fullmatch(hook_in or "")
+    if not m:
+        return None
+    layer, position = int(m[1]), _HOOK_POSITION[m[2]]
+    if position == "TC" and hook_out not in (None, f"blocks.{layer}.hook_mlp_out"):
+        return None
+    return layer, position
