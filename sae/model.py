@@ -91,6 +91,28 @@ class SparseAutoencoder(nn.Module):
         self.topk_by_decoder_norm = topk_by_decoder_norm
         self.meta = meta or SAEMeta()
 
+    @classmethod
+    def from_weights(
+        cls,
+        W_enc: torch.Tensor,
+        b_enc: torch.Tensor,
+        W_dec: torch.Tensor,
+        b_dec: torch.Tensor,
+        threshold: float | torch.Tensor = 0.0,
+        **kwargs: Any,
+    ) -> "SparseAutoencoder":
+        """Wrap existing tensors without copying: W_enc [d_in, F], b_enc [F], W_dec [F, d_out], b_dec [d_out]."""
+        (d_in, n), d_out = W_enc.shape, W_dec.shape[-1]
+        expected = {"b_enc": (n,), "W_dec": (n, d_out), "b_dec": (d_out,)}
+        for key, t in {"b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}.items():
+            if tuple(t.shape) != expected[key]:
+                raise ShapeError(f"{key} has shape {list(t.shape)}, expected {list(expected[key])} for W_enc {[d_in, n]}")
+        sae = cls(d_in, n, d_out=d_out, dtype=W_enc.dtype, device="meta", **kwargs)
+        sae.W_enc, sae.b_enc = nn.Parameter(W_enc), nn.Parameter(b_enc.to(W_enc.dtype))
+        sae.W_dec, sae.b_dec = nn.Parameter(W_dec.to(W_enc.dtype)), nn.Parameter(b_dec.to(W_enc.dtype))
+        sae.threshold = torch.zeros(n, dtype=W_enc.dtype, device=W_enc.device).add_(threshold)
+        return sae
+
     # ---- shapes -------------------------------------------------------------------------------
     @property
     def d_in(self) -> int:

@@ -21,7 +21,7 @@ from ..errors import FormatError
 from ..io import write_json
 from ..model import SAEMeta, SparseAutoencoder
 from .names import site_of_hooks
-from .tensors import check_tensors, read_json, read_tensors, require_keys, write_tensors
+from .tensors import check_tensors, read_json, read_tensors, require_finite, require_keys, write_tensors
 
 HYPERPARAMS = "hyperparams.json"
 WEIGHTS = ("checkpoints/final.safetensors", "checkpoints/final.pt")
@@ -76,15 +76,13 @@ def read(folder: Path, *, device=None, dtype: torch.dtype | None = None, allow_p
     d_out = int(hp.get("d_model_out", d_in))
     wpath = weights_file(folder)
     t = read_tensors(wpath, device=device, allow_pickle=allow_pickle)
-    check_tensors(
-        t,
-        {"encoder.weight": (n, d_in), "encoder.bias": (n,), "decoder.weight": (d_out, n), "decoder.bias": (d_out,)},
-        wpath,
-    )
+    shapes = {"encoder.weight": (n, d_in), "encoder.bias": (n,), "decoder.weight": (d_out, n), "decoder.bias": (d_out,)}
+    check_tensors(t, shapes, wpath, finite=False)  # the big ones are checked below, on what we compute anyway
     theta = hp["jump_relu_threshold"]
     if not isinstance(theta, (int, float)) or not math.isfinite(theta):
         raise FormatError(f"{hp_path}: jump_relu_threshold must be a finite number, got {theta!r}")
     norm_in, norm_out = _dataset_norms(hp, hp_path, d_in, d_out)
+    s_in, s_out = math.sqrt(d_in) / norm_in, math.sqrt(d_out) / norm_out
 
     layer_pos = site_of_hooks(hp["hook_point_in"], hp["hook_point_out"])
     meta = SAEMeta(
@@ -99,21 +97,26 @@ def read(folder: Path, *, device=None, dtype: torch.dtype | None = None, allow_p
         source=str(folder),
         provenance={"format": "llama-scope", "hyperparams": hp},
     )
-    sae = SparseAutoencoder(d_in, n, d_out=d_out, activation="jumprelu", k=int(hp.get("top_k") or 50), meta=meta, device="meta")
-    # Fold in fp32 whatever the file holds, then cast once: bf16 folding would move features across theta.
-    work = torch.float32
-    enc = t.pop("encoder.weight").to(work)  # [F, D_in]; W_enc is its transpose, a view
-    dec = torch.empty(n, d_out, dtype=work, device=enc.device).copy_(t.pop("decoder.weight").T)
-    sae.W_enc = torch.nn.Parameter(enc.T, requires_grad=True)
-    sae.W_dec = torch.nn.Parameter(dec)
-    sae.b_enc = torch.nn.Parameter(t["encoder.bias"].to(work))
-    sae.b_dec = torch.nn.Parameter(t["decoder.bias"].to(work))
-    sae.threshold = torch.zeros(n, dtype=work, device=enc.device)
-    sae.fold_scales(math.sqrt(d_in) / norm_in, math.sqrt(d_out) / norm_out)
-    sae.set_unit_decoder_norms()
-    sae.threshold.fill_(float(theta))
-    target = dtype or work
-    return sae if target == work else sae.to(target)
+    # Steps 1 and 2 in closed form, one pass per matrix, computed in fp32 (bf16 rounding of the scales
+    # would move features across theta) and cast once to `dtype` at the end:
+    # with n_i = ||decoder column i||, W_enc[:, i] = E_i n_i s_in / s_out, b_enc_i = b_e_i n_i / s_out,
+    # W_dec[i] = D[:, i] / n_i, b_dec = b_d / s_out.
+    W_dec = t["decoder.weight"].T.contiguous().float()  # [F, d_out]; transposing in the file's dtype is cheaper
+    norms = torch.linalg.vector_norm(W_dec, dim=1, dtype=torch.float32)  # [F]
+    require_finite(norms, t["decoder.weight"], "decoder.weight", wpath)
+    norms = torch.where(norms > 0, norms, torch.ones_like(norms))  # an all-zero (dead) column stays zero
+    W_dec.div_(norms[:, None])
+    W_enc = t["encoder.weight"].to(torch.float32, copy=True).mul_((norms * (s_in / s_out))[:, None])  # [F, d_in]
+    require_finite(W_enc, t["encoder.weight"], "encoder.weight", wpath)
+    for key in ("encoder.bias", "decoder.bias"):
+        require_finite(t[key], t[key], key, wpath)
+    b_enc = t["encoder.bias"].float() * norms / s_out
+    b_dec = t["decoder.bias"].float() / s_out
+    target = dtype or torch.float32
+    return SparseAutoencoder.from_weights(
+        W_enc.to(target).T, b_enc, W_dec.to(target), b_dec, threshold=float(theta),  # W_enc: a view of [F, d_in] rows
+        activation="jumprelu", k=int(hp.get("top_k") or 50), meta=meta,
+    )
 
 
 def write(sae: SparseAutoencoder, folder: Path) -> Path:

@@ -68,20 +68,17 @@ def read(folder: Path, *, device=None, dtype: torch.dtype | None = None, allow_p
         raise FormatError(f"{cfg_path}: a topk SAE needs 'k'")
     activation = native.get("activation", activation)
     meta = _meta(cfg, metadata, native, folder)
-    sae = SparseAutoencoder(
-        d_in,
-        n,
-        d_out=d_out,
+    target = dtype or torch.float32
+    w = {key: t[key].to(target) for key in shapes}
+    if "threshold" in t and tuple(t["threshold"].shape) == (n,):  # native files keep it for any activation
+        w["threshold"] = t["threshold"].to(target)
+    sae = SparseAutoencoder.from_weights(
+        w["W_enc"], w["b_enc"], w["W_dec"], w["b_dec"], threshold=w.get("threshold", 0.0),
         activation=activation,
         k=int(k) if k else None,
         topk_by_decoder_norm=bool(native.get("topk_by_decoder_norm", cfg.get("rescale_acts_by_decoder_norm", False))),
         meta=meta,
-        dtype=dtype or torch.float32,
-        device=device,
     )
-    state = {key: t[key] for key in shapes}
-    state.setdefault("threshold", t.get("threshold", torch.zeros(n)))
-    sae.load_state_dict(state)
     _fold_saelens_preprocessing(sae, cfg, cfg_path)
     return sae
 
