@@ -1,7 +1,9 @@
 """SAELens layout (`cfg.json` + `sae_weights.safetensors`), and our native format on top of it.
 
 The native format is the SAELens layout with our metadata under `cfg["metadata"]["llama_sae"]`:
-SAELens ignores it and opens the SAE; we read it back losslessly (activation, k, threshold, meta).
+SAELens ignores it and opens the SAE; we read it back losslessly (activation, k, meta). A threshold that
+the SAELens architecture has no slot for (a TopK SAE that also carries a JumpReLU threshold) goes to
+`llama_sae_extra.safetensors`, which SAELens never opens.
 Architectures: standard (ReLU), topk, jumprelu, and the transcoder / jumprelu_transcoder variants.
 """
 
@@ -20,6 +22,7 @@ from .tensors import check_tensors, read_json, read_tensors, require_keys, write
 
 CFG = "cfg.json"
 WEIGHTS = ("sae_weights.safetensors", "sae_weights.pt")
+EXTRA = "llama_sae_extra.safetensors"
 NATIVE_KEY = "llama_sae"
 NATIVE_VERSION = 1
 _ARCH = {  # SAELens architecture -> (our activation, is transcoder)
@@ -54,6 +57,8 @@ def read(folder: Path, *, device=None, dtype: torch.dtype | None = None, allow_p
     d_out = int(cfg.get("d_out", d_in))
     wpath = next((folder / w for w in WEIGHTS if (folder / w).is_file()), folder / WEIGHTS[0])
     t = read_tensors(wpath, device=device, allow_pickle=allow_pickle)
+    if (folder / EXTRA).is_file():
+        t.update(read_tensors(folder / EXTRA, device=device))
     if "log_threshold" in t and "threshold" not in t:
         t["threshold"] = t.pop("log_threshold").exp()
     shapes = {"W_enc": (d_in, n), "b_enc": (n,), "W_dec": (n, d_out), "b_dec": (d_out,)}
@@ -166,8 +171,10 @@ def write(sae: SparseAutoencoder, folder: Path, *, native: bool) -> Path:
         cfg["k"] = sae.k
         cfg["rescale_acts_by_decoder_norm"] = sae.topk_by_decoder_norm
     tensors = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
-    if arch.startswith("jumprelu") or (native and bool(sae.threshold.any())):
+    if arch.startswith("jumprelu"):
         tensors["threshold"] = sae.threshold
+    elif native and bool(sae.threshold.any()):
+        write_tensors({"threshold": sae.threshold}, folder / EXTRA)
     write_tensors(tensors, folder / WEIGHTS[0])
     write_json(folder / CFG, cfg)
     return folder
