@@ -41,14 +41,17 @@ def _llama_scope_folder(name: SAEName, local_dir: str | Path | None) -> Path:
     from huggingface_hub import snapshot_download
 
     pattern = [f"{name.hf_folder}/*"]
+    # huggingface_hub reads HF_HUB_CACHE once, at import; read it at call time like HF_HUB_OFFLINE below.
+    hub_cache = os.environ.get("HF_HUB_CACHE") or None
     try:  # the HF cache first: no network, honours HF_HOME / HF_HUB_CACHE
-        return Path(snapshot_download(name.hf_repo, allow_patterns=pattern, local_files_only=True)) / name.hf_folder
+        return Path(snapshot_download(name.hf_repo, allow_patterns=pattern, local_files_only=True,
+                                      cache_dir=hub_cache)) / name.hf_folder
     except Exception:  # not cached (LocalEntryNotFoundError and friends)
         pass
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     if not offline:
         try:
-            return Path(snapshot_download(name.hf_repo, allow_patterns=pattern)) / name.hf_folder
+            return Path(snapshot_download(name.hf_repo, allow_patterns=pattern, cache_dir=hub_cache)) / name.hf_folder
         except Exception as e:  # the hub raises many types for "no network"
             reason = str(e).splitlines()[0][:200]
     else:
