@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 EXTRAS ?= dev
+DEMO_OUT ?= out/demo
 
 .PHONY: setup test demo clean-venv
 
@@ -19,8 +20,12 @@ setup: $(VENV)/.installed
 test: setup
 	$(BIN)/python -m pytest -q
 
+# DEMO_TOKENS (training tokens, default 200000) and DEMO_REBUILD=1 are read by sae.demo.
 demo: setup
-	$(BIN)/python -m sae.demo
+	$(BIN)/python -m sae.demo --out $(DEMO_OUT)
+	$(BIN)/python -m geometry.compare demo:L15R-8x demo:L15R-32x --out $(DEMO_OUT)/compare \
+		--json $(DEMO_OUT)/compare/summary.json
+	@echo "demo results: $(DEMO_OUT)/eval/eval.csv, $(DEMO_OUT)/compare/report.html"
 
 clean-venv:
 	rm -rf $(VENV)
