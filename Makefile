@@ -20,7 +20,7 @@ setup: $(VENV)/.installed
 test: setup
 	$(BIN)/python -m pytest -q
 
-# DEMO_TOKENS (training tokens, default 200000) and DEMO_REBUILD=1 are read by sae.demo.
+# DEMO_TOKENS (training tokens, default 50000) and DEMO_REBUILD=1 are read by sae.demo.
 demo: setup
 	$(BIN)/python -m sae.demo --out $(DEMO_OUT)
 	$(BIN)/python -m geometry.compare demo:L15R-8x demo:L15R-32x --out $(DEMO_OUT)/compare \

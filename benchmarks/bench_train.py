@@ -222,7 +222,7 @@ def main(argv=None) -> int:
         "",
         f"Data: {label}; EV = centred, pooled explained variance on {x_eval.shape[0]:,} held-out tokens.",
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads.",
-        f"Floor: the encoder's forward matmul alone runs at {floor['gflops']:.0f} GFLOP/s = "
+        f"Floor: the encoder's forward matmul alone (fp32) runs at {floor['gflops']:.0f} GFLOP/s = "
         f"{floor['tokens_per_s']:,.0f} tokens/s.",
         "",
         "| library | tokens/s | vs floor | EV after the same tokens | note |",

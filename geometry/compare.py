@@ -4,7 +4,7 @@
 
 The Python API returns the same as data: `compare(a, b, **options) -> Comparison`, where a and b are
 anything `sae.load` accepts, SparseAutoencoders, or [n, d] matrices (rows = feature directions).
-The JSON summary's schema is documented in notes/README-geometry.md.
+The JSON summary's schema is documented in README.md, section Comparing dictionaries.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Side:
 class Comparison:
     """Everything `compare` found. Feature ids are row numbers of the original dictionaries."""
 
-    summary: dict  # the JSON summary (schema in notes/README-geometry.md)
+    summary: dict  # the JSON summary (schema in README.md, section Comparing dictionaries)
     features_a: pd.DataFrame  # one row per A feature
     features_b: pd.DataFrame  # one row per B feature
     families: pd.DataFrame  # one row per connected component of the graph at the cut
@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("a", help="SAE A (usually the narrower): a name (L15R-8x, demo:L15R-8x) or a folder")
     p.add_argument("b", help="SAE B (usually the wider), as A")
-    p.add_argument("--json", metavar="FILE", help="write the summary as JSON (schema: notes/README-geometry.md)")
+    p.add_argument("--json", metavar="FILE", help="write the summary as JSON (schema: README.md, section Comparing dictionaries)")
     p.add_argument("--out", metavar="DIR", help="write per-feature CSV tables, summary.json and report.html")
     p.add_argument("--activations", metavar="FILE",
                    help="cached activations [n, d] (.safetensors or .npy) at the SAEs' site: runs the insertion "

@@ -18,7 +18,7 @@ from .errors import run_cli
 from .io import cache_dir
 
 SUITE = ("L15R-8x", "L15R-32x", "L15R-8x-Vanilla")
-DEFAULT_TOKENS = 200_000
+DEFAULT_TOKENS = 50_000
 COLUMNS = ["sae", "n_features", "tokens", "l0", "explained_variance_centred", "explained_variance_uncentred",
            "delta_lm_loss", "ce_loss_recovered", "never_fired_fraction", "dense_fraction"]
 
