@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from .data import TokenBatch, TokenBatcher, describe_source, iter_texts, resolve_context
 from .errors import SAEError
 from .io import atomic_path, cache_dir, write_json
-from .sites import SiteRunner, check_finite, load_model, parse_site
+from .sites import SiteRunner, check_finite, load_model
 
 CACHE_VERSION = 1
 SHARD_TOKENS = 65_536  # tokens per cache shard

@@ -37,7 +37,6 @@ output, sums over evaluated tokens t and dimensions; N tokens, d = width of y):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys
@@ -536,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m sae.evaluate",
         description="Evaluate SAEs on a language model and a corpus; writes eval.csv (one row per SAE x model "
         "x dataset x inference mode), frequencies.csv (one row per feature) and positions.csv (per token-position "
-        "bucket) plus run.json. Metrics and columns: notes/README-evaluate.md.",
+        "bucket) plus run.json. Metrics and columns: README.md, section Evaluation.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("saes", nargs="+", metavar="SAE",

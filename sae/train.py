@@ -33,7 +33,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from .model import SAEMeta, SparseAutoencoder
 # Vanilla (ReLU + L1) default: lambda multiplies mean_tokens(sum_i f_i ||W_dec,i||) against the
 # per-element MSE in normalised space. Measured on the embedded model's L15R (8x, 60 steps x 2,048 tokens):
 # 1e-3 -> L0 1,142; 3e-3 -> 560; 5e-3 -> 328; 6.5e-3 -> 234; 1e-2 -> 68. 7.5e-3 interpolates to the
-# paper's vanilla L0 of ~150 at demo budgets; L0 still moves with the run length (see notes/README-train.md).
+# paper's vanilla L0 of ~150 at demo budgets; L0 still moves with the run length (see README.md, section Training).
 DEFAULT_L1 = 7.5e-3
 CHECKPOINT_VERSION = 1
 
@@ -538,7 +538,6 @@ class _Job:
         return loss, stats, idx[active]
 
     def _relu_grads(self, x, y, lam):
-        sae = self.sae
         W_enc, b_enc, W_dec, b_dec = self.params
         pre = torch.addmm(b_enc, x, W_enc)
         f = pre.relu()

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -246,7 +247,7 @@ def test_tables_follow_the_documented_schema(tiny_llama, tiny_corpus, tmp_path):
         assert list(back.columns) == list(getattr(res, name).columns)
     assert json.loads(paths["run"].read_text())["tokens"] == 300
     # every column is documented in the README
-    readme = (__import__("pathlib").Path(__file__).parents[1] / "notes" / "README-evaluate.md").read_text()
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
     for col in EVAL_COLUMNS + FREQUENCY_COLUMNS + POSITION_COLUMNS:
         assert f"`{col}`" in readme, col
 

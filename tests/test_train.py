@@ -35,7 +35,6 @@ def make_job(activation="topk", d_in=16, d_out=None, n=64, k=6, **cfg):
 
 def reference_grads(job, x, y, k, aux_idx=None):
     """Dense autograd on the same loss, with the same selected features."""
-    sae = job.sae
     params = [p.detach().clone().requires_grad_() for p in job.params]
     W_enc, b_enc, W_dec, b_dec = params
     pre = x @ W_enc + b_enc
