@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ COLUMNS = ["sae", "n_features", "tokens", "l0", "explained_variance_centred", "e
 
 def build_suite(tokens: int, *, rebuild: bool = False) -> Path:
     """Train and post-process the demo suite unless it is already in the cache; returns its folder."""
+    from .formats.tensors import read_json
+    from .train import latest_checkpoint
     from .train import main as train_main
 
     root = cache_dir("demo")
@@ -32,8 +35,14 @@ def build_suite(tokens: int, *, rebuild: bool = False) -> Path:
         print(f"demo suite already built in {root} (make demo DEMO_REBUILD=1 to retrain)")
         return root
     argv = [f"--sae={name}" for name in SUITE] + ["--tokens", str(tokens), "--out", str(root), "--cache"]
-    if (root / "checkpoint").is_dir() and not rebuild:
+    ckpt = latest_checkpoint(root)
+    budget = read_json(ckpt / "state.json")["config"]["total_tokens"] if ckpt else None
+    if ckpt and budget == tokens and not rebuild:
         argv.append("--resume")  # an interrupted earlier build goes on where it stopped
+    elif ckpt:
+        print(f"the demo build in {root} used {budget:,} tokens; training anew with {tokens:,}")
+        for folder in ("checkpoint", *SUITE):  # only the demo suite's own cache
+            shutil.rmtree(root / folder, ignore_errors=True)
     train_main(argv)
     return root
 
