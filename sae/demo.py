@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=int(os.environ.get("DEMO_TOKENS", DEFAULT_TOKENS)),
                    help="training tokens for the suite (env DEMO_TOKENS; default %(default)s)")
     p.add_argument("--eval-tokens", type=int, default=20_000, help="held-out tokens to evaluate on")
+    p.add_argument("--lm-tokens", type=int, default=5_000,
+                   help="of those, tokens that also get delta LM loss / KL / CE recovered (one rerun per SAE)")
     p.add_argument("--rebuild", action="store_true", default=bool(os.environ.get("DEMO_REBUILD")),
                    help="retrain the suite even if it is in the cache (env DEMO_REBUILD)")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="where the evaluation tables go")
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     root = build_suite(args.tokens, rebuild=args.rebuild)
-    result = evaluate([f"demo:{name}" for name in SUITE], tokens=args.eval_tokens, lm_tokens=args.eval_tokens,
+    result = evaluate([f"demo:{name}" for name in SUITE], tokens=args.eval_tokens, lm_tokens=min(args.lm_tokens, args.eval_tokens),
                       progress=True)
     paths = result.write(args.out / "eval")
     table = result.eval[COLUMNS]
