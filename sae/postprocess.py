@@ -25,7 +25,7 @@ import torch
 from .errors import SAEError, run_cli
 from .io import write_json
 from .model import SparseAutoencoder
-from .train import _as_dict, save_sae
+from .train import _as_dict
 
 DEFAULT_TOKENS = 32_768
 
@@ -152,7 +152,7 @@ def postprocess(sae: SparseAutoencoder, activations: Any, *, n_tokens: int = DEF
 def postprocess_to(sae: SparseAutoencoder, activations: Any, folder: str | Path, *, n_tokens: int = DEFAULT_TOKENS) -> PostprocessResult:
     """postprocess() and write the JumpReLU SAE (native format) and postprocess.json to `folder`."""
     result = postprocess(sae, activations, n_tokens=n_tokens)
-    save_sae(result.sae, folder)
+    result.sae.save(folder)
     write_json(Path(folder) / "postprocess.json", result.to_dict())
     return result
 

@@ -877,14 +877,9 @@ def _train(source, specs, config, out_dir, resume, progress, stop_after) -> Trai
         }
         saes[job.spec.name] = sae
         if out is not None and step == T:
-            save_sae(sae, out / job.spec.name / "trained")
+            sae.save(out / job.spec.name / "trained")
     logs = {name: pd.read_csv(out / name / "log.csv") for name in saes} if out is not None else {}
     return TrainResult(saes, logs, out, step, (step - start_step) * B, seconds)
-
-
-def save_sae(sae: SparseAutoencoder, folder: str | Path) -> Path:
-    """The one place this module writes an SAE (native format)."""
-    return sae.save(folder, format="native")
 
 
 def _check_resume(state: dict, specs: list[SAESpec], config: TrainConfig, ckpt: Path) -> None:
@@ -1165,7 +1160,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, sae in result.saes.items():
         folder = args.out / name
         if name not in topk:
-            save_sae(fold_and_normalise(sae), folder)
+            fold_and_normalise(sae).save(folder)
             print(f"{name}: vanilla SAE folded to raw units with unit decoder norms -> {folder}")
             continue
         res = postprocess_to(sae, acts, folder, n_tokens=args.threshold_tokens)
