@@ -19,6 +19,8 @@
   model, as long as the cache holds at least `max_tokens` tokens.
 - `max_tokens` counts ordinary tokens; the last batch may be short (`drop_last=True` drops it).
 - `shard=(rank, world_size)` gives each process every world_size-th token batch (data parallelism).
+- Iterating again (a second epoch over `max_tokens`) reshuffles with the next seed of the sequence, so
+  epochs differ yet a rerun from the start repeats them; with the cache they never rerun the model.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class ActivationStream:
                                     max_context=self.runner.max_context)
         self.cache_folder = self._cache_folder(cache)
         self._norms: dict[str, float] | None = None
+        self._epoch = 0
 
     # ---- what train.py and evaluate.py ask -----------------------------------------------------
     def dims(self) -> dict[str, int]:
@@ -117,6 +120,10 @@ class ActivationStream:
         if self._norms is not None and n_tokens == self.norm_tokens:
             return dict(self._norms)
         index = self._read_index()
+        if index is None and self.cache_folder is not None and self.max_tokens and n_tokens == self.norm_tokens:
+            for _ in self.chunks():  # fill the cache now: it records the norms, and the model runs once
+                pass
+            index = self._read_index()
         if index and n_tokens == index.get("norm_tokens") and all(h in index["mean_norms"] for h in self.hooks):
             norms = {h: float(index["mean_norms"][h]) for h in self.hooks}
         else:
@@ -137,7 +144,8 @@ class ActivationStream:
         return dict(norms)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        g = torch.Generator().manual_seed(self.seed)
+        g = torch.Generator().manual_seed(self.seed + 1_000_003 * self._epoch)
+        self._epoch += 1
         buf: dict[str, torch.Tensor] | None = None
         size = 0
         chunks = self.chunks()

@@ -20,6 +20,10 @@ rows) and in the backward pass (the encoder gradient is x^T G with G sparse, k e
 
 Checkpoints (safetensors + JSON, no pickles) hold the SAEs, Adam's moments, the step, k, the RNG and
 the data position; a run killed at any moment resumes to the same final weights.
+
+Under torchrun (`sae.parallel`, `--tp`) the same step runs on each process with a `Sharding` that does
+the collectives: data-parallel activations, SAE features split over a tensor-parallel group, the
+gradients averaged over data-parallel replicas; in one process every collective is the identity.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from .errors import SAEError, ShapeError, run_cli
 from .formats.tensors import read_json, read_tensors, write_tensors
 from .io import write_json
 from .model import SAEMeta, SparseAutoencoder
+from .parallel import PARAM_NAMES, SHARD_DIMS, Sharding
 
 # Vanilla (ReLU + L1) default: lambda multiplies mean_tokens(sum_i f_i ||W_dec,i||) against the
 # per-element MSE in normalised space. Measured on the embedded model's L15R (8x, 60 steps x 2,048 tokens):
@@ -219,13 +224,19 @@ class DataSource:
     reshuffled every epoch from the seed), a SyntheticData, or any iterable of tensors / dicts (the
     activation stream; re-chunked to `batch_size`). An iterable is re-iterated from its start on resume
     and the rows already used are skipped, unless it offers `skip_tokens(n)` / `iter_from(n)`.
+
+    Distributed (`sharding`): every rank reads the same global batches and keeps its slice of each, so
+    the ranks together see what one process would; a source holding only this rank's data (an
+    ActivationStream with shard=(rank, world)) gives batches of batch_size / world rows instead.
     """
 
-    def __init__(self, source: Any, batch_size: int, seed: int = 0):
+    def __init__(self, source: Any, batch_size: int, seed: int = 0, sharding: Sharding | None = None):
         from .synthetic import SyntheticData
 
         self.source = source
-        self.batch_size = batch_size
+        self.sharding = sharding or Sharding()
+        self.per_rank = self.sharding.per_rank_source(source)
+        self.batch_size = batch_size // self.sharding.world if self.per_rank else batch_size
         self.seed = seed
         self.fixed: dict[str, torch.Tensor] | None = None
         self.synthetic = source if isinstance(source, SyntheticData) else None
@@ -281,8 +292,15 @@ class DataSource:
         return self._head[i]
 
     def mean_norms(self, hooks: Iterable[str], n_tokens: int) -> dict[str, float]:
-        """Average activation norm per hook: the source's own statistics if it has them."""
-        hooks = sorted(set(hooks))
+        """Average activation norm per hook: the source's own statistics if it has them (a per-rank
+        source: the mean over the ranks)."""
+        norms = self._mean_norms(sorted(set(hooks)), n_tokens)
+        if not self.per_rank:
+            return norms
+        mean = self.sharding.rank_mean(torch.tensor(list(norms.values()), dtype=torch.float64))
+        return dict(zip(norms, mean.tolist()))
+
+    def _mean_norms(self, hooks: list[str], n_tokens: int) -> dict[str, float]:
         stats = getattr(self.source, "mean_norms", None)
         if callable(stats):
             got = stats()
@@ -290,7 +308,7 @@ class DataSource:
                 return {h: float(got[h]) for h in hooks}
         sums = {h: 0.0 for h in hooks}
         seen = 0
-        items = self.batches(0) if self.fixed is not None or self.synthetic is not None else self._read_ahead()
+        items = self._global_batches(0) if self.fixed is not None or self.synthetic is not None else self._read_ahead()
         for batch in items:
             for h in hooks:
                 sums[h] += float(batch[h].float().norm(dim=-1).sum())
@@ -300,6 +318,16 @@ class DataSource:
         return {h: sums[h] / seen for h in hooks}
 
     def batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
+        """This rank's rows of every batch from `start_step` on (one process: the whole batches)."""
+        sh = self.sharding
+        if self.per_rank:
+            yield from sh.until_any_ends(_rechunk(self._iterate(start_step * self.batch_size), self.batch_size))
+        elif sh.world > 1:
+            yield from (sh.local_rows(batch) for batch in self._global_batches(start_step))
+        else:
+            yield from self._global_batches(start_step)
+
+    def _global_batches(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
         B = self.batch_size
         if self.fixed is not None:
             yield from self._fixed_batches(start_step)
@@ -416,10 +444,16 @@ def _kaiming_uniform(rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
 
 
 class _Job:
-    """One SAE's training state: the SAE, its optimiser, feature-firing history and log."""
+    """One SAE's training state: the SAE, its optimiser, feature-firing history and log.
 
-    def __init__(self, spec: SAESpec, sae: SparseAutoencoder, config: TrainConfig, scale_in: float, scale_out: float):
+    With a tensor-parallel `sharding`, `sae` holds this rank's features only (`Sharding.local_sae`).
+    """
+
+    def __init__(self, spec: SAESpec, sae: SparseAutoencoder, config: TrainConfig, scale_in: float, scale_out: float,
+                 sharding: Sharding | None = None):
         self.spec, self.sae, self.config = spec, sae, config
+        self.sh = sharding or Sharding()
+        self.n_features = sae.n_features * self.sh.tp  # over all shards
         self.scale_in, self.scale_out = scale_in, scale_out
         self.params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
         fused = torch.device(config.device).type in ("cpu", "cuda")
@@ -437,7 +471,7 @@ class _Job:
         for group in self.opt.param_groups:
             group["lr"] = lr
         if self.sae.activation == "topk":
-            k = cfg.k_at(step, self.spec, self.sae.d_in, self.sae.n_features)
+            k = cfg.k_at(step, self.spec, self.sae.d_in, self.n_features)
             loss, stats, fired = self._topk_grads(x, y, k, tokens_before)
         else:
             k = 0
@@ -447,17 +481,18 @@ class _Job:
                 f"{self.spec.name}: the loss became {loss} at step {step}; training stopped and the last "
                 "good checkpoint (if any) is intact. Try a lower --lr or --grad-clip."
             )
+        self.sh.reduce_grads(self.params)
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            self.sh.clip_grad_norm_(self.params, cfg.grad_clip, [SHARD_DIMS[n] for n in PARAM_NAMES])
         self.opt.step()
-        self.last_fired[fired] = tokens_before + x.shape[0]
+        self.sh.mark_fired(self.last_fired, fired, tokens_before + x.shape[0] * self.sh.ddp)
         stats.update(loss=loss, lr=lr, k=k)
         return stats
 
     def _recon_loss(self, e: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The reconstruction loss (autograd-friendly; the TopK step uses its closed-form gradient)."""
         if self.config.loss == "batch-norm-mse":  # released code: per token / ||y - mean_batch(y)||
-            return (e.pow(2) / _token_scale(y)).mean()
+            return (e.pow(2) / _token_scale(y, self.sh.batch_mean(y))).mean()
         return e.pow(2).mean()
 
     @torch.no_grad()
@@ -468,8 +503,10 @@ class _Job:
         Gradients: dL/dy_hat = dy; b_dec: sum dy; v: <W_dec[idx_j], dy> (sampled, never [B, F]);
         W_dec[f]: sum over (token, slot) choosing f of v * dy; pre = v's grad where pre > 0;
         W_enc = x^T G and b_enc = column sums of G, with G [B, F] holding k entries per row.
+        Sharded, every rank selects the global top k, keeps the entries of its own features (the others
+        get value 0, so they add nothing to the sum or the gradients) and the partial y_hat are summed.
         """
-        sae = self.sae
+        sae, sh = self.sae, self.sh
         W_enc, b_enc, W_dec, b_dec = self.params
         B, F_ = x.shape[0], sae.n_features
         # Rank by ReLU(pre) x ||W_dec row||: fold the norms into the matmul instead of a pass over
@@ -479,42 +516,48 @@ class _Job:
         n = W_dec.norm(dim=1).clamp_min(1e-12) if sae.topk_by_decoder_norm else torch.ones_like(b_enc)
         low = self.score_dtype
         score = torch.addmm((b_enc * n).to(low), x.to(low), (W_enc * n).to(low))
-        top = score.topk(k, dim=1, sorted=False)
-        idx = top.indices
-        pre = _exact_pre(idx, top.values, n, x, W_enc, b_enc, low)
+        top_scores, idx, owned = sh.topk(score, k)
+        pre = _owned(_exact_pre(idx, top_scores, n, x, W_enc, b_enc, low), owned)
         values = pre.clamp_min(0)
-        y_hat = _gather_sum(idx, W_dec, values) + b_dec
+        y_hat = sh.sum_partials(_gather_sum(idx, W_dec, values)) + b_dec
         e = y_hat - y
         numel = e.numel()
+        y_mean = sh.batch_mean(y)
         if self.config.loss == "batch-norm-mse":
-            c = _token_scale(y)
-            loss = float((e.pow(2) / c).sum()) / numel
+            c = _token_scale(y, y_mean)
+            loss_sum = (e.pow(2) / c).sum()
             dy = e * (2 / numel) / c
         else:
-            loss = float(e.pow(2).sum()) / numel
+            loss_sum = e.pow(2).sum()
             dy = e * (2 / numel)
-        stats = _recon_stats(e, y)
+        active = values > 0
+        # one reduction over the replicas for the loss, the statistics and L0 (numel: the global batch)
+        loss_sum, *sums, n_active = sh.replica_sums([loss_sum, *_recon_sums(e, y, y_mean), sh.shard_sum(active.sum())])
+        numel *= sh.ddp
+        loss = loss_sum / numel
+        stats = _recon_stats(*sums, numel)
 
         sel_idx, sel_pre, sel_val, sel_dy = [idx], [pre], [values], [dy]
         if self.config.aux_k > 0 and tokens_before >= self.config.dead_tokens:
             dead = (tokens_before - self.last_fired) > self.config.dead_tokens  # never fired: last = -1
-            n_dead = int(dead.sum())
+            n_dead = int(sh.shard_sum(dead.sum()))
             if n_dead:
                 ka = min(self.config.aux_k, n_dead)
-                aux_top = score.masked_fill_(~dead, -math.inf).topk(ka, dim=1, sorted=False)
-                aux_idx = aux_top.indices
-                aux_pre = _exact_pre(aux_idx, aux_top.values, n, x, W_enc, b_enc, low)
+                aux_scores, aux_idx, aux_owned = sh.topk(score.masked_fill_(~dead, -math.inf), ka)
+                aux_pre = _owned(_exact_pre(aux_idx, aux_scores, n, x, W_enc, b_enc, low), aux_owned)
                 aux_val = aux_pre.clamp_min(0)
                 residual = -e
-                diff = _gather_sum(aux_idx, W_dec, aux_val) - residual
-                denom = float((residual - residual.mean(0)).pow(2).sum()) or 1e-12
-                aux = float(diff.pow(2).sum()) / denom
+                diff = sh.sum_partials(_gather_sum(aux_idx, W_dec, aux_val)) - residual
+                denom, diff_sq = sh.replica_sums([(residual - sh.batch_mean(residual)).pow(2).sum(), diff.pow(2).sum()])
+                denom = denom or 1e-12
+                aux = diff_sq / denom
                 loss += self.config.aux_coef * aux
                 stats["aux"] = aux
                 sel_idx.append(aux_idx)
                 sel_pre.append(aux_pre)
                 sel_val.append(aux_val)
-                sel_dy.append(diff * (2 * self.config.aux_coef / denom))
+                # x ddp: the replicas' gradients are averaged, this term is a sum over the global batch
+                sel_dy.append(diff * (2 * self.config.aux_coef * sh.ddp / denom))
         del score
 
         W_dec_grad = torch.zeros_like(W_dec)
@@ -533,36 +576,39 @@ class _Job:
         b_enc.grad = b_enc_grad
         W_dec.grad = W_dec_grad
         b_dec.grad = dy.sum(0)
-        active = values > 0
-        stats["l0"] = float(active.sum()) / B
+        stats["l0"] = n_active / (B * sh.ddp)
         return loss, stats, idx[active]
 
     def _relu_grads(self, x, y, lam):
+        sh = self.sh
         W_enc, b_enc, W_dec, b_dec = self.params
         pre = torch.addmm(b_enc, x, W_enc)
         f = pre.relu()
-        y_hat = torch.addmm(b_dec, f, W_dec)
+        y_hat = sh.sum_partials(f @ W_dec) + b_dec if sh.tp > 1 else torch.addmm(b_dec, f, W_dec)
         e = y_hat - y
         mse = self._recon_loss(e, y)
-        l1 = (f @ W_dec.norm(dim=1)).mean()  # L1 weighted by decoder-row norms
+        l1 = sh.sum_partials(f @ W_dec.norm(dim=1)).mean()  # L1 weighted by decoder-row norms
         loss = mse + lam * l1
         for p in self.params:
             p.grad = None
         loss.backward()
         with torch.no_grad():
             active = f > 0
-            stats = _recon_stats(e, y)
-            stats["l0"] = float(active.sum()) / x.shape[0]
-            stats["l1"] = float(l1)
+            loss, l1, *sums, n_active = sh.replica_sums(
+                [loss.detach(), l1.detach(), *_recon_sums(e.detach(), y, sh.batch_mean(y)), sh.shard_sum(active.sum())]
+            )
+            stats = _recon_stats(*sums, e.numel() * sh.ddp)
+            stats["l0"] = n_active / (x.shape[0] * sh.ddp)
+            stats["l1"] = l1 / sh.ddp
             fired = active.any(0).nonzero().squeeze(1)
-        return float(loss.detach()), stats, fired
+        return loss / sh.ddp, stats, fired
 
     # ---- metrics ------------------------------------------------------------------------------------
     def alive_fraction(self, tokens: int) -> float:
         window = self.config.alive_window
         fired = self.last_fired >= 0
         recent = fired & (tokens - self.last_fired <= window)
-        return float(recent.float().mean())
+        return self.sh.feature_mean(recent.float())
 
     def accumulate(self, stats: dict[str, float]) -> None:
         for key, v in stats.items():
@@ -598,8 +644,13 @@ def _exact_pre(idx, scores, n, x, W_enc, b_enc, dtype) -> torch.Tensor:
     return _sampled_dot(idx, x, W_enc.T) + b_enc[idx]
 
 
-def _token_scale(y: torch.Tensor) -> torch.Tensor:
-    return (y - y.mean(0)).norm(dim=-1, keepdim=True).clamp_min(1e-8)
+def _owned(pre: torch.Tensor, owned: torch.Tensor | None) -> torch.Tensor:
+    """Zero the selected entries that belong to another shard (one process: all are owned)."""
+    return pre if owned is None else pre.masked_fill(~owned, 0.0)
+
+
+def _token_scale(y: torch.Tensor, y_mean: torch.Tensor) -> torch.Tensor:
+    return (y - y_mean).norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
 def _gather_sum(idx: torch.Tensor, table: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -625,47 +676,62 @@ def _csr(crow, col, values, size) -> torch.Tensor:
         return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
 
 
-def _recon_stats(e: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    sq = float(e.detach().pow(2).sum())
-    var = float((y - y.mean(0)).pow(2).sum())
+def _recon_sums(e: torch.Tensor, y: torch.Tensor, y_mean: torch.Tensor) -> list[torch.Tensor]:
+    """The sums behind _recon_stats: squared error, centred and uncentred squared norm of the target."""
+    return [e.pow(2).sum(), (y - y_mean).pow(2).sum(), y.pow(2).sum()]
+
+
+def _recon_stats(sq: float, var: float, yy: float, numel: int) -> dict[str, float]:
     return {
-        "mse": sq / e.numel(),
+        "mse": sq / numel,
         "ev": 1 - sq / max(var, 1e-30),  # centred, pooled (Gemma Scope / SAELens)
-        "ev_uncentred": 1 - sq / max(float(y.pow(2).sum()), 1e-30),  # the paper's Eq. 6
+        "ev_uncentred": 1 - sq / max(yy, 1e-30),  # the paper's Eq. 6
     }
 
 
 # ---------------------------------------------------------------------------------------------------
 # checkpoints
 # ---------------------------------------------------------------------------------------------------
-def _save_checkpoint(root: Path, step: int, tokens: int, jobs: list[_Job], meta: dict[str, Any]) -> Path:
+def _save_checkpoint(root: Path, step: int, tokens: int, jobs: list[_Job], meta: dict[str, Any],
+                     sharding: Sharding | None = None) -> Path | None:
     """Write checkpoint `step` as a folder, then point `latest.json` at it (one atomic rename).
 
-    A kill during the write leaves the previous checkpoint and pointer untouched.
+    A kill during the write leaves the previous checkpoint and pointer untouched. Sharded, every rank
+    takes part in gathering the full tensors and rank 0 writes them: the files are the same as one
+    process writes, so a checkpoint resumes under any layout. Returns the folder (None on other ranks).
     """
+    sh = sharding or Sharding()
+    tensors: dict[str, torch.Tensor] = {"rng/torch": torch.get_rng_state()}
+
+    def put(key: str, t: torch.Tensor, dim: int | None) -> None:
+        full = sh.full(t.detach(), dim)  # a collective: every rank calls it in the same order
+        if sh.is_main:
+            tensors[key] = full.cpu()
+
+    adam_steps: dict[str, list[float]] = {}
+    for job in jobs:
+        name = job.spec.name
+        for pname, p in zip(PARAM_NAMES, job.params):
+            put(f"{name}/{pname}", p, SHARD_DIMS[pname])
+            st = job.opt.state.get(p, {})
+            if st:
+                put(f"{name}/adam/{pname}/exp_avg", st["exp_avg"], SHARD_DIMS[pname])
+                put(f"{name}/adam/{pname}/exp_avg_sq", st["exp_avg_sq"], SHARD_DIMS[pname])
+                adam_steps.setdefault(name, []).append(float(st["step"]))
+        put(f"{name}/last_fired", job.last_fired, SHARD_DIMS["last_fired"])
+    if not sh.is_main:
+        return None
     folder = root / f"step-{step:09d}"
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    tensors: dict[str, torch.Tensor] = {"rng/torch": torch.get_rng_state()}
-    adam_steps: dict[str, list[float]] = {}
-    for job in jobs:
-        name = job.spec.name
-        for pname, p in zip(("W_enc", "b_enc", "W_dec", "b_dec"), job.params):
-            tensors[f"{name}/{pname}"] = p.detach().cpu()
-            st = job.opt.state.get(p, {})
-            if st:
-                tensors[f"{name}/adam/{pname}/exp_avg"] = st["exp_avg"].cpu()
-                tensors[f"{name}/adam/{pname}/exp_avg_sq"] = st["exp_avg_sq"].cpu()
-                adam_steps.setdefault(name, []).append(float(st["step"]))
-        tensors[f"{name}/last_fired"] = job.last_fired.cpu()
     write_tensors(tensors, folder / "state.safetensors")
     state = {
         "version": CHECKPOINT_VERSION,
         "step": step,
         "tokens": tokens,
         "data_position": {"tokens": tokens, "batches": step},
-        "k": {job.spec.name: job.config.k_at(step, job.spec, job.sae.d_in, job.sae.n_features) for job in jobs},
+        "k": {job.spec.name: job.config.k_at(step, job.spec, job.sae.d_in, job.n_features) for job in jobs},
         "adam_steps": adam_steps,
         **meta,
     }
@@ -699,21 +765,22 @@ def _load_checkpoint(folder: Path, jobs: list[_Job]) -> dict[str, Any]:
     t = read_tensors(folder / "state.safetensors")
     torch.set_rng_state(t["rng/torch"])
     for job in jobs:
-        name = job.spec.name
+        name, sh = job.spec.name, job.sh
         steps = state["adam_steps"].get(name, [])
         with torch.no_grad():
-            for i, (pname, p) in enumerate(zip(("W_enc", "b_enc", "W_dec", "b_dec"), job.params)):
-                key = f"{name}/{pname}"
-                if key not in t or t[key].shape != p.shape:
+            for i, (pname, p) in enumerate(zip(PARAM_NAMES, job.params)):
+                key, dim = f"{name}/{pname}", SHARD_DIMS[pname]
+                part = sh.shard(t[key], dim) if key in t else None  # this rank's features of the full tensor
+                if part is None or part.shape != p.shape:
                     raise TrainingError(f"checkpoint {folder} does not match SAE {name} ({key})")
-                p.copy_(t[key])
+                p.copy_(part)
                 if i < len(steps):
                     job.opt.state[p] = {
                         "step": torch.tensor(steps[i], dtype=torch.float32, device=p.device),
-                        "exp_avg": t[f"{name}/adam/{pname}/exp_avg"].to(p.device).clone(),
-                        "exp_avg_sq": t[f"{name}/adam/{pname}/exp_avg_sq"].to(p.device).clone(),
+                        "exp_avg": sh.shard(t[f"{name}/adam/{pname}/exp_avg"], dim).to(p.device).clone(),
+                        "exp_avg_sq": sh.shard(t[f"{name}/adam/{pname}/exp_avg_sq"], dim).to(p.device).clone(),
                     }
-        job.last_fired.copy_(t[f"{name}/last_fired"])
+        job.last_fired.copy_(sh.shard(t[f"{name}/last_fired"], SHARD_DIMS["last_fired"]))
     return state
 
 
@@ -746,6 +813,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    sharding: Sharding | None = None,
 ) -> TrainResult:
     """Train one or more SAEs from one activation source; the model (if any) runs once for all.
 
@@ -754,6 +822,9 @@ def train(
     out_dir: where checkpoints, logs, configs and the trained SAEs go (None: keep in memory only).
     resume: continue from out_dir's latest checkpoint (a run without one starts fresh).
     stop_after: end after this many steps of this call (tests; the schedule still spans the whole run).
+    sharding: `sae.parallel.setup(tp)` under torchrun (default: one process). Every rank calls train()
+    with the same arguments; rank 0 writes the files and shows progress, every rank gets the whole
+    trained SAEs back (`logs` only on rank 0). `batch_size` is the global batch over all ranks.
     """
     config = config or TrainConfig()
     specs = [SAESpec()] if specs is None else ([specs] if isinstance(specs, SAESpec) else list(specs))
@@ -761,28 +832,31 @@ def train(
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _train(source, specs, config, out_dir, resume, progress, stop_after)
+        return _train(source, specs, config, out_dir, resume, progress, stop_after, sharding or Sharding())
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(source, specs, config, out_dir, resume, progress, stop_after) -> TrainResult:
+def _train(source, specs, config, out_dir, resume, progress, stop_after, sh: Sharding) -> TrainResult:
     import pandas as pd
     from tqdm.auto import tqdm
 
-    data = DataSource(source, config.batch_size, seed=config.seed)
+    data = DataSource(source, config.batch_size, seed=config.seed, sharding=sh)
     validate(specs, config, None)
     dims = data.dims()
     validate(specs, config, dims)
+    sh.validate({s.name: s.n_features or s.expansion * dims[s.hook_in] for s in specs}, config.batch_size)
     out = Path(out_dir) if out_dir is not None else None
     ckpt = latest_checkpoint(out) if out is not None else None
+    if not sh.same_everywhere(int(ckpt.name.split("-")[-1]) if ckpt else -1):
+        raise TrainingError(f"the processes see different checkpoints in {out}: put the run folder on a filesystem every node shares")
     if out is not None and ckpt is not None and not resume:
         raise TrainingError(f"{out} already holds a run (checkpoint {ckpt.name}); pass resume=True / --resume, or another --out")
 
     # normalisation factors (from the checkpoint when resuming, so the data is not read twice)
     state: dict[str, Any] | None = read_json(ckpt / "state.json") if (resume and ckpt) else None
     if state is not None:
-        _check_resume(state, specs, config, ckpt)
+        _check_resume(state, specs, config, ckpt, sh, data.per_rank)
         norms = {h: float(v) for h, v in state["mean_norms"].items()}
     elif config.normalize:
         norms = data.mean_norms({h for s in specs for h in (s.hook_in, s.out_hook)}, config.norm_tokens)
@@ -799,21 +873,25 @@ def _train(source, specs, config, out_dir, resume, progress, stop_after) -> Trai
         sae = init_sae(s, dims[s.hook_in], dims[s.out_hook], config, g)
         sae.meta.dataset_norm_in = norms.get(s.hook_in)
         sae.meta.dataset_norm_out = norms.get(s.out_hook)
-        jobs.append(_Job(s, sae, config, scale(s.hook_in), scale(s.out_hook)))
+        jobs.append(_Job(s, sh.local_sae(sae), config, scale(s.hook_in), scale(s.out_hook), sh))
 
     if config.b_dec_init == "mean" and state is None:
         first = data.first_batch()
         with torch.no_grad():
             for job in jobs:
-                job.sae.b_dec.copy_(first[job.spec.out_hook].float().mean(0).to(config.device) * job.scale_out)
+                mean = first[job.spec.out_hook].float().mean(0)
+                if data.per_rank:  # this rank's first batch: the mean over all ranks' first batches
+                    mean = sh.rank_mean(mean)
+                job.sae.b_dec.copy_(mean.to(config.device) * job.scale_out)
     start_step = 0
     if state is not None:
         _load_checkpoint(ckpt, jobs)
         start_step = int(state["step"])
-    run_meta = {"config": asdict(config), "specs": [asdict(s) for s in specs], "mean_norms": norms}
+    run_meta = {"config": asdict(config), "specs": [asdict(s) for s in specs], "mean_norms": norms,
+                "layout": {**sh.layout(), "per_rank_data": data.per_rank}}
 
     writers = {}
-    if out is not None:
+    if out is not None and sh.is_main:
         for job in jobs:
             folder = out / job.spec.name
             folder.mkdir(parents=True, exist_ok=True)
@@ -824,7 +902,8 @@ def _train(source, specs, config, out_dir, resume, progress, stop_after) -> Trai
     T = config.steps
     end_step = T if stop_after is None else min(T, start_step + stop_after)
     B = config.batch_size
-    bar = tqdm(total=T * B, initial=start_step * B, unit="tok", unit_scale=True, disable=not progress,
+    hooks = list(dict.fromkeys(h for s in specs for h in (s.hook_in, s.out_hook)))
+    bar = tqdm(total=T * B, initial=start_step * B, unit="tok", unit_scale=True, disable=not (progress and sh.is_main),
                dynamic_ncols=True, desc="train")
     t0 = time.perf_counter()
     step = start_step
@@ -836,9 +915,10 @@ def _train(source, specs, config, out_dir, resume, progress, stop_after) -> Trai
             except StopIteration:
                 raise SAEError(f"the activation source ran out after {step * B} tokens; {T * B} were asked for") from None
             tokens = step * B
+            batch = sh.gather_rows({h: batch[h].to(config.device, torch.float32) for h in hooks})
             for job in jobs:
-                x = batch[job.spec.hook_in].to(config.device, torch.float32) * job.scale_in
-                y = batch[job.spec.out_hook].to(config.device, torch.float32) * job.scale_out if job.spec.transcoder else x
+                x = batch[job.spec.hook_in] * job.scale_in
+                y = batch[job.spec.out_hook] * job.scale_out if job.spec.transcoder else x
                 job.accumulate(job.step(x, y, step, tokens))
             step += 1
             bar.update(B)
@@ -855,7 +935,7 @@ def _train(source, specs, config, out_dir, resume, progress, stop_after) -> Trai
             if out is not None and (
                 (config.checkpoint_every and step % config.checkpoint_every == 0) or step == end_step
             ):
-                _save_checkpoint(out / "checkpoint", step, step * B, jobs, run_meta)
+                _save_checkpoint(out / "checkpoint", step, step * B, jobs, run_meta, sh)
     finally:
         bar.close()
         for w in writers.values():
@@ -864,7 +944,7 @@ def _train(source, specs, config, out_dir, resume, progress, stop_after) -> Trai
 
     saes = {}
     for job in jobs:
-        sae = job.sae
+        sae = sh.full_sae(job.sae, job.spec.k if job.sae.activation == "topk" else job.sae.k)
         sae.meta.provenance = {
             "trained_by": "sae.train",
             "space": "normalised" if config.normalize else "raw",
@@ -875,14 +955,18 @@ def _train(source, specs, config, out_dir, resume, progress, stop_after) -> Trai
             "config": asdict(config),
             "spec": asdict(job.spec),
         }
+        if sh.world > 1:
+            sae.meta.provenance["layout"] = sh.layout()
         saes[job.spec.name] = sae
-        if out is not None and step == T:
+        if out is not None and step == T and sh.is_main:
             sae.save(out / job.spec.name / "trained")
-    logs = {name: pd.read_csv(out / name / "log.csv") for name in saes} if out is not None else {}
+    logs = {name: pd.read_csv(out / name / "log.csv") for name in saes} if out is not None and sh.is_main else {}
+    sh.barrier()  # the run folder is complete for every rank that returns
     return TrainResult(saes, logs, out, step, (step - start_step) * B, seconds)
 
 
-def _check_resume(state: dict, specs: list[SAESpec], config: TrainConfig, ckpt: Path) -> None:
+def _check_resume(state: dict, specs: list[SAESpec], config: TrainConfig, ckpt: Path, sh: Sharding,
+                  per_rank: bool) -> None:
     if state.get("version") != CHECKPOINT_VERSION:
         raise TrainingError(f"{ckpt}: checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
     saved = state["config"]
@@ -894,6 +978,12 @@ def _check_resume(state: dict, specs: list[SAESpec], config: TrainConfig, ckpt: 
             )
     if [s["name"] for s in state["specs"]] != [s.name for s in specs]:
         raise TrainingError(f"{ckpt} holds SAEs {[s['name'] for s in state['specs']]}, this run asks for {[s.name for s in specs]}")
+    # the weights resume under any layout; a stream sharded per process resumes only over as many processes
+    layout = state.get("layout", {})
+    world = layout.get("world", 1)
+    if (per_rank or layout.get("per_rank_data")) and world != sh.world:
+        raise TrainingError(f"{ckpt} was written by {world} process(es) each reading its own shard of the activations; "
+                            f"resume with {world} (the data position depends on it), not {sh.world}")
 
 
 def _postfix(post: dict[str, dict[str, float]]) -> str:
@@ -981,14 +1071,17 @@ def add_data_arguments(p: argparse.ArgumentParser, default_dataset: str | None =
                    "overrides --model/--dataset")
     g.add_argument("--context", type=int, default=1024, help="tokens per document (truncation), default 1024")
     g.add_argument("--cache", action="store_true", help="cache activations on disk (later runs and resumes skip the model)")
+    g.add_argument("--buffer-tokens", type=_parse_count, default=65_536,
+                   help="shuffle buffer of the activation stream, per process (default 65,536, Llama Scope's)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     g.add_argument("--seed", type=int, default=0)
 
 
 def open_source(args: argparse.Namespace, hooks: list[str], *, batch_size: int, max_tokens: int | None, seed: int,
-                reuse: Any = None) -> Any:
+                reuse: Any = None, shard: tuple[int, int] = (0, 1)) -> Any:
     """What add_data_arguments described: a dict of tensors, SyntheticData or an ActivationStream
-    (`reuse`: an earlier stream whose loaded model is used again)."""
+    (`reuse`: an earlier stream whose loaded model is used again; `shard`: this process's part of the
+    corpus, for a stream only, and then only rank 0 shows progress)."""
     if args.activations is not None:
         t = read_tensors(args.activations)
         missing = [h for h in hooks if h not in t]
@@ -1007,11 +1100,12 @@ def open_source(args: argparse.Namespace, hooks: list[str], *, batch_size: int, 
     model, tokenizer = args.model, None
     if isinstance(reuse, ActivationStream):
         model, tokenizer = reuse.runner.model, reuse.tokenizer
-    extra = {"buffer_tokens": max_tokens} if max_tokens else {}  # a sample of N tokens: one buffer, not 65,536
+    # a sample of N tokens: one buffer, not 65,536
+    buffer = max_tokens if max_tokens else getattr(args, "buffer_tokens", 65_536)
     return ActivationStream(model, tokenizer, source=args.dataset, hooks=hooks, batch_size=batch_size,
-                            max_tokens=max_tokens, context=args.context, seed=seed, **extra,
-                            cache=True if args.cache else None, device=args.device,
-                            progress=not getattr(args, "quiet", False))
+                            max_tokens=max_tokens, context=args.context, seed=seed, buffer_tokens=buffer,
+                            cache=True if args.cache else None, device=args.device, shard=shard,
+                            progress=not getattr(args, "quiet", False) and shard[0] == 0)
 
 
 def first_tokens(source: Any, hooks: list[str], n: int) -> dict[str, torch.Tensor]:
@@ -1108,6 +1202,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: about every 5%%)")
     r.add_argument("--log-every", type=int, default=d.log_every, help="steps between log rows (default 10)")
     r.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    r.add_argument("--tp", type=int, default=1,
+                   help="under torchrun: split each SAE's features over groups of this many processes (tensor "
+                   "parallel); the data-parallel size is processes / tp. Default 1: every process holds the whole SAE")
+    r.add_argument("--distinct-tokens", type=_parse_count,
+                   help="train in epochs over the first N tokens of the corpus (reshuffled each epoch; with --cache "
+                   "the model runs only for the first); default: every training token is new")
     r.add_argument("--no-postprocess", action="store_true", help="skip folding + unit norms + JumpReLU at the end")
     r.add_argument("--threshold-tokens", type=int, default=32_768, help="N for the JumpReLU threshold (32768)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -1136,17 +1236,40 @@ def main(argv: list[str] | None = None) -> int:
         log_every=args.log_every, device=args.device, threads=args.threads,
     )
     validate(specs, config, None)  # k, options: before the model is loaded
+    from .parallel import setup
+
+    sharding = setup(args.tp, device=args.device)  # one process without torchrun
+    try:
+        sharding.validate({s.name: s.n_features or s.expansion * s.d_in for s in specs if s.n_features or s.d_in},
+                          config.batch_size)
+        if sharding.device is not None:  # under torchrun, each process has its own GPU
+            config.device = str(sharding.device)
+        return _train_and_postprocess(args, specs, config, sharding)
+    finally:
+        sharding.close()
+
+
+def _train_and_postprocess(args: argparse.Namespace, specs: list[SAESpec], config: TrainConfig, sh: Sharding) -> int:
+    """Train (every process reading its own shard of the corpus), then post-process on rank 0."""
+    if not sh.is_main:  # one set of progress bars: rank 0's
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     hooks = list(dict.fromkeys(h for s in specs for h in (s.hook_in, s.out_hook)))
-    source = open_source(args, hooks, batch_size=config.batch_size, max_tokens=None, seed=args.seed)
+    distinct = args.distinct_tokens // sh.world if args.distinct_tokens else None
+    source = open_source(args, hooks, batch_size=config.batch_size // sh.world, max_tokens=distinct, seed=args.seed,
+                         shard=(sh.rank, sh.world))
     if hasattr(source, "hooks"):  # the stream canonicalises short site names (L15R -> blocks.15.hook_resid_post)
         from .sites import parse_site
 
         for s in specs:
             s.hook_in = parse_site(s.hook_in).hook
             s.hook_out = parse_site(s.hook_out).hook if s.hook_out else None
-    result = train(source, specs, config, out_dir=args.out, resume=args.resume, progress=not args.quiet)
+    result = train(source, specs, config, out_dir=args.out, resume=args.resume, progress=not args.quiet, sharding=sh)
+    if not sh.is_main:
+        return 0
     print(f"trained {', '.join(result.saes)}: {result.steps} steps, {result.steps * config.batch_size:,} tokens, "
-          f"{result.tokens_per_second:,.0f} tokens/s; run folder {args.out}")
+          f"{result.tokens_per_second:,.0f} tokens/s{f' ({sh.describe()})' if sh.world > 1 else ''}; run folder {args.out}")
     if args.no_postprocess:
         return 0
     from .postprocess import fold_and_normalise, postprocess_to
