@@ -6,8 +6,12 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 EXTRAS ?= dev
 DEMO_OUT ?= out/demo
+DEMO_ARGS ?=
+FIGURES_DATA ?= figures/data
+FIGURES_OUT ?= figures
+FIGURES_FORMAT ?= html,png,svg
 
-.PHONY: setup test demo clean-venv
+.PHONY: setup test demo figures clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +24,17 @@ setup: $(VENV)/.installed
 test: setup
 	$(BIN)/python -m pytest -q
 
-# DEMO_TOKENS (training tokens, default 50000) and DEMO_REBUILD=1 are read by sae.demo.
+# DEMO_TOKENS (training tokens, default 300000), DEMO_DISTINCT (60000) and DEMO_REBUILD=1 are read by
+# sae.demo; DEMO_ARGS passes any of its options (python -m sae.demo --help).
 demo: setup
-	$(BIN)/python -m sae.demo --out $(DEMO_OUT)
+	$(BIN)/python -m sae.demo --out $(DEMO_OUT) $(DEMO_ARGS)
 	$(BIN)/python -m geometry.compare demo:L15R-8x demo:L15R-32x --out $(DEMO_OUT)/compare \
 		--json $(DEMO_OUT)/compare/summary.json
 	@echo "demo results: $(DEMO_OUT)/eval/eval.csv, $(DEMO_OUT)/compare/report.html"
+
+# The paper's data figures from the tables in FIGURES_DATA (README: Figures); PNG/SVG need a Chromium.
+figures: setup
+	$(BIN)/python -m geometry.figures --data $(FIGURES_DATA) --out $(FIGURES_OUT) --format $(FIGURES_FORMAT)
 
 clean-venv:
 	rm -rf $(VENV)

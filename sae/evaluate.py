@@ -355,6 +355,8 @@ def _evaluate_one(
             )
         sae = sae.to(device)
         for mode in modes:
+            if mode == "topk" and not sae.k and len(resolved) > 1:
+                continue  # a vanilla SAE among TopK ones has no k: it gets its other modes only
             targets.append(_Target(label, sae, inference_variant(sae, mode), mode, inp, out, len(edges)))
     by_layer: dict[int, list[_Target]] = {}
     for t in targets:

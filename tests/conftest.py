@@ -6,6 +6,11 @@ Language-model fixtures (sites, data, activations, evaluate):
 - `tiny_llama_dir`: the same saved as an HF folder (for paths given to the CLI).
 - `smollm2`: (model, tokenizer) of the embedded SmolLM2-135M-Instruct; skips if it cannot be fetched.
 - `tiny_corpus`: a few dozen short English documents.
+
+Suite fixtures (demo, grid, notebooks):
+- `isolated_cache`: a fresh $SAE_CACHE folder sharing the fetched embedded model and corpus (a symlink),
+  so tests that build suites never touch the user's own `$SAE_CACHE/demo`.
+- `tiny_demo`: (cache folder, output folder) after `make demo` ran with a tiny budget in `isolated_cache`.
 """
 
 from __future__ import annotations
@@ -97,3 +102,32 @@ TINY_CORPUS = [
 @pytest.fixture
 def tiny_corpus():
     return list(TINY_CORPUS)
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+TINY_DEMO_ARGS = "--tokens 4096 --distinct-tokens 2048 --eval-tokens 512 --lm-tokens 128"
+
+
+@pytest.fixture(scope="session")
+def isolated_cache(smollm2, tmp_path_factory):
+    from sae.embedded import corpus_articles
+    from sae.io import cache_dir
+
+    corpus_articles("heldout")  # fetched into the shared folder before it is linked
+    root = tmp_path_factory.mktemp("sae_cache")
+    (root / "embedded").symlink_to(cache_dir("embedded"), target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(isolated_cache, tmp_path_factory):
+    import os
+    import subprocess
+
+    out = tmp_path_factory.mktemp("demo_out")
+    env = {**os.environ, "SAE_CACHE": str(isolated_cache)}
+    env.pop("DEMO_REBUILD", None)
+    run = subprocess.run(["make", "-s", "demo", f"DEMO_OUT={out}", f"DEMO_ARGS={TINY_DEMO_ARGS}"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return isolated_cache, out, run.stdout

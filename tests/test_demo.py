@@ -1,0 +1,86 @@
+"""`make demo` end to end on a tiny budget (real model, real corpus, isolated cache), and the demo's
+rebuild / resume decisions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, TINY_DEMO_ARGS
+
+
+@pytest.mark.real_model
+def test_make_demo_end_to_end(tiny_demo):
+    cache, out, stdout = tiny_demo
+    suite = cache / "demo"
+    for name, n in (("L15R-8x", 4608), ("L15R-32x", 18432), ("L15R-8x-Vanilla", 4608)):
+        cfg = json.loads((suite / name / "cfg.json").read_text())
+        assert cfg["d_sae"] == n and cfg["d_in"] == 576
+    assert json.loads((suite / "build.json").read_text()) == {"tokens": 4096, "distinct_tokens": 2048}
+    full = pd.read_csv(out / "eval" / "eval.csv")
+    assert sorted(full.loc[full["mode"] == "topk", "sae"]) == ["L15R-32x", "L15R-8x"]  # the vanilla SAE has no k
+    assert (full.loc[full["mode"] == "topk", "l0"] <= 50 + 1e-9).all()
+    table = full[full["mode"] == "native"].set_index("sae")
+    assert set(table.index) == {"L15R-8x", "L15R-32x", "L15R-8x-Vanilla"}
+    assert (full["tokens"] == 512).all() and (full["lm_tokens"] > 0).all()
+    assert table.loc["L15R-32x", "n_features"] == 18432
+    assert table.loc["L15R-8x", "arch"] == "jumprelu"  # post-processed
+    summary = json.loads((out / "compare" / "summary.json").read_text())
+    assert (summary["a"]["n_features"], summary["b"]["n_features"]) == (4608, 18432)
+    assert (out / "compare" / "report.html").stat().st_size > 100_000
+    assert str(out / "eval" / "eval.csv") in stdout
+
+
+@pytest.mark.real_model
+def test_second_demo_run_reuses_the_suite(tiny_demo):
+    cache, out, _ = tiny_demo
+    before = {p: p.stat().st_mtime_ns for p in (cache / "demo").rglob("*.safetensors")}
+    env = {**os.environ, "SAE_CACHE": str(cache)}
+    run = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "sae.demo", "--out", str(out / "again"),
+                          *TINY_DEMO_ARGS.split()], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "already built" in run.stdout
+    assert {p: p.stat().st_mtime_ns for p in (cache / "demo").rglob("*.safetensors")} == before
+    first = pd.read_csv(out / "eval" / "eval.csv")
+    again = pd.read_csv(out / "again" / "eval" / "eval.csv")
+    pd.testing.assert_series_equal(first["l0"], again["l0"])  # same SAEs, same held-out tokens
+
+
+def _fake_training(calls: list, root):
+    """Stands in for `sae.train.main` to record what the demo asks for (the decisions, not training)."""
+    def run(argv):
+        calls.append(argv)
+        (root / "checkpoint" / "step_1").mkdir(parents=True, exist_ok=True)
+        (root / "checkpoint" / "step_1" / "state.json").write_text("{}")
+        for name in ("L15R-8x", "L15R-32x", "L15R-8x-Vanilla"):
+            (root / name).mkdir(exist_ok=True)
+            (root / name / "cfg.json").write_text("{}")
+    return run
+
+
+def test_build_suite_resumes_same_budget_and_restarts_another(tmp_path, monkeypatch):
+    import sae.train
+    from sae import demo
+
+    monkeypatch.setenv("SAE_CACHE", str(tmp_path))
+    root = tmp_path / "demo"
+    calls: list = []
+    monkeypatch.setattr(sae.train, "main", _fake_training(calls, root))
+    monkeypatch.setattr(sae.train, "latest_checkpoint",
+                        lambda r: next(iter(sorted((r / "checkpoint").glob("step_*"))), None) if (r / "checkpoint").is_dir() else None)
+
+    demo.build_suite(8192, 4096)
+    assert "--resume" not in calls[-1] and calls[-1][calls[-1].index("--tokens") + 1] == "8192"
+    demo.build_suite(8192, 4096)  # built: no training at all
+    assert len(calls) == 1
+    (root / "L15R-32x" / "cfg.json").unlink()  # interrupted with the same budget: resume
+    demo.build_suite(8192, 4096)
+    assert "--resume" in calls[-1]
+    (root / "L15R-8x" / "stale").write_text("x")
+    demo.build_suite(16384, 4096)  # another budget: the old suite is removed, training starts anew
+    assert "--resume" not in calls[-1] and not (root / "L15R-8x" / "stale").exists()
+    assert json.loads((root / "build.json").read_text()) == {"tokens": 16384, "distinct_tokens": 4096}
