@@ -51,15 +51,22 @@ def describe_source(source: Any) -> str:
 
 def iter_texts(source: Any, *, text_field: str = "text") -> Iterator[str]:
     """Yield the documents of `source` (see the module docstring for what a source can be)."""
+    for _, text in iter_documents(source, text_field=text_field):
+        yield text
+
+
+def iter_documents(source: Any, *, text_field: str = "text", title_field: str = "title") -> Iterator[tuple[str, str]]:
+    """(title, text) for every document of `source`, in the order of `iter_texts`. Titles come from the
+    embedded corpus (article titles) and from dict documents (`title_field`); other sources give ''."""
     if isinstance(source, (str, Path)):
         text = str(source)
         if text in EMBEDDED_SOURCES:
-            from .embedded import corpus_texts
+            from .embedded import corpus_documents
 
-            yield from corpus_texts(EMBEDDED_SOURCES[text])
+            yield from corpus_documents(EMBEDDED_SOURCES[text])
             return
         if text.startswith("hf:"):
-            yield from _hf_texts(text[3:], text_field)
+            yield from (("", t) for t in _hf_texts(text[3:], text_field))
             return
         path = Path(text).expanduser()
         if path.is_dir():
@@ -67,10 +74,10 @@ def iter_texts(source: Any, *, text_field: str = "text") -> Iterator[str]:
             if not files:
                 raise DataError(f"{path} holds no {', '.join(TEXT_SUFFIXES)} files")
             for f in files:
-                yield from _file_texts(f, text_field)
+                yield from (("", t) for t in _file_texts(f, text_field))
             return
         if path.is_file():
-            yield from _file_texts(path, text_field)
+            yield from (("", t) for t in _file_texts(path, text_field))
             return
         raise SAEFileError(
             f"no such dataset {text!r}: give a .txt/.jsonl/.parquet file or folder, 'embedded-heldout', "
@@ -79,11 +86,13 @@ def iter_texts(source: Any, *, text_field: str = "text") -> Iterator[str]:
     if isinstance(source, bytes) or not isinstance(source, Iterable):
         raise DataError(f"a text source must be a path, a name or an iterable of strings, not {type(source).__name__}")
     for i, doc in enumerate(source):
+        title = ""
         if isinstance(doc, dict):
+            title = str(doc.get(title_field) or "")
             doc = doc.get(text_field)
         if not isinstance(doc, str):
             raise DataError(f"document {i} of the text source is a {type(doc).__name__}, not a string")
-        yield doc
+        yield title, doc
 
 
 def _file_texts(path: Path, text_field: str) -> Iterator[str]:

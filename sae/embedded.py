@@ -212,6 +212,11 @@ def corpus_articles(split: str = "heldout") -> list[dict]:
     return out
 
 
+def corpus_documents(split: str = "heldout") -> list[tuple[str, str]]:
+    """(title, extract) of the documents of one split: 'train', 'heldout' or 'all'."""
+    return [(a.get("title", ""), a["extract"]) for a in corpus_articles(split) if a.get("extract")]
+
+
 def corpus_texts(split: str = "heldout") -> list[str]:
     """The documents (article extracts) of one split: 'train', 'heldout' or 'all'."""
-    return [a["extract"] for a in corpus_articles(split) if a.get("extract")]
+    return [text for _, text in corpus_documents(split)]

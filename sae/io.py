@@ -34,6 +34,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; the result should read like any other file
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # again: writers that recreate the file (safetensors) make it 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
