@@ -7,6 +7,8 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || ech
 EXTRAS ?= dev
 DEMO_OUT ?= out/demo
 DEMO_ARGS ?=
+DEMO_CONTEXT_TOKENS ?= 20000
+DEMO_KEYWORDS ?= war,pandemic,famine,plague,climate,crisis,disaster,nuclear
 FIGURES_DATA ?= figures/data
 FIGURES_OUT ?= figures
 FIGURES_FORMAT ?= html,png,svg
@@ -25,12 +27,16 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 # DEMO_TOKENS (training tokens, default 300000), DEMO_DISTINCT (60000) and DEMO_REBUILD=1 are read by
-# sae.demo; DEMO_ARGS passes any of its options (python -m sae.demo --help).
+# sae.demo; DEMO_ARGS passes any of its options (python -m sae.demo --help). DEMO_CONTEXT_TOKENS is the
+# top-context budget of the threats neighbourhood (its contexts are kept and reused by later runs).
 demo: setup
 	$(BIN)/python -m sae.demo --out $(DEMO_OUT) $(DEMO_ARGS)
 	$(BIN)/python -m geometry.compare demo:L15R-8x demo:L15R-32x --out $(DEMO_OUT)/compare \
 		--json $(DEMO_OUT)/compare/summary.json
-	@echo "demo results: $(DEMO_OUT)/eval/eval.csv, $(DEMO_OUT)/compare/report.html"
+	$(BIN)/python -m geometry.neighborhood demo:L15R-8x --keywords $(DEMO_KEYWORDS) \
+		--members demo:L15R-8x-Vanilla=6,demo:L15R-8x=6,demo:L15R-32x=24 --tokens $(DEMO_CONTEXT_TOKENS) \
+		--out $(DEMO_OUT)/threats
+	@echo "demo results: $(DEMO_OUT)/eval/eval.csv, $(DEMO_OUT)/compare/report.html, $(DEMO_OUT)/threats/neighborhood.html"
 
 # The paper's data figures from the tables in FIGURES_DATA (README: Figures); PNG/SVG need a Chromium.
 figures: setup

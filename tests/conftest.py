@@ -127,7 +127,7 @@ def tiny_demo(isolated_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo_out")
     env = {**os.environ, "SAE_CACHE": str(isolated_cache)}
     env.pop("DEMO_REBUILD", None)
-    run = subprocess.run(["make", "-s", "demo", f"DEMO_OUT={out}", f"DEMO_ARGS={TINY_DEMO_ARGS}"], cwd=REPO, env=env,
+    run = subprocess.run(["make", "-s", "demo", f"DEMO_OUT={out}", f"DEMO_ARGS={TINY_DEMO_ARGS}", "DEMO_CONTEXT_TOKENS=1024"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return isolated_cache, out, run.stdout

@@ -33,6 +33,9 @@ def test_make_demo_end_to_end(tiny_demo):
     assert (summary["a"]["n_features"], summary["b"]["n_features"]) == (4608, 18432)
     assert (out / "compare" / "report.html").stat().st_size > 100_000
     assert str(out / "eval" / "eval.csv") in stdout
+    members = pd.read_csv(out / "threats" / "members.csv")
+    assert members.groupby("sae").size().to_dict() == {"demo:L15R-8x-Vanilla": 6, "demo:L15R-8x": 6, "demo:L15R-32x": 24}
+    assert (out / "threats" / "neighborhood.html").is_file()
 
 
 @pytest.mark.real_model
