@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_D
+from conftest import TINY_CORPUS, TINY_D
 
 from sae.contexts import ContextsError, TopContexts, hash_keys, main, ordered_documents, top_contexts
 from sae.data import TokenBatcher
@@ -15,15 +15,7 @@ from sae.model import SAEMeta, SparseAutoencoder
 from sae.sites import SiteRunner
 
 HOOK = "blocks.1.hook_resid_post"
-DOCS = [
-    "The cat sat on the mat and looked out of the window at the rain.",
-    "Paris is the capital of France. It is known for the Eiffel Tower.",
-    "Water boils at one hundred degrees Celsius at sea level.",
-    "A sparse autoencoder learns a dictionary of features from activations.",
-    "The mitochondria is the powerhouse of the cell, producing energy.",
-    "In 1969, astronauts landed on the Moon for the first time.",
-    "Bach wrote many cantatas, fugues and concertos in the Baroque era.",
-    "Photosynthesis turns light, water and carbon dioxide into sugar.",
+DOCS = TINY_CORPUS[:8] + [
     "Volcanoes erupt when magma rises through cracks in the crust.",
     "The printing press spread books and ideas across Europe.",
     "Chess is a board game for two players on a checkered board.",
