@@ -63,6 +63,9 @@ SCHEMAS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 _STRING_COLUMNS = ("sae", "model", "dataset", "mode", "arch", "position", "width", "run")
 
 
+OPTIONAL_ROWS = {"edges"}  # a neighbourhood may have no pair above the edge cut
+
+
 def check_table(df: pd.DataFrame, kind: str, what: str | None = None) -> pd.DataFrame:
     """A copy of `df` with its numeric columns as numbers; FormatError if it is not a `kind` table.
 
@@ -75,7 +78,7 @@ def check_table(df: pd.DataFrame, kind: str, what: str | None = None) -> pd.Data
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise FormatError(f"{what}: missing column(s) {', '.join(missing)}; it has {', '.join(map(str, df.columns))}")
-    if df.empty:
+    if df.empty and kind not in OPTIONAL_ROWS:
         raise FormatError(f"{what} has no rows")
     out = df.copy()
     for col in numeric:

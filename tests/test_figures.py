@@ -532,3 +532,13 @@ def test_figures_from_the_embedded_model(smollm2, tmp_path):
     assert points(fig.data[0])["L15R-8x"] == (r.l0, r.explained_variance_uncentred) and r.l0 == pytest.approx(50)
     fig5 = F.by_token_position(res.positions)
     np.testing.assert_allclose(fig5.data[1].y, res.positions["l0"])
+
+
+def test_an_empty_edge_table_is_a_neighbourhood_without_edges():
+    pytest.importorskip("geometry.neighborhood")
+    members = pd.DataFrame({"sae": ["a", "b"], "feature": [0, 1], "is_seed": [True, False], "cos_to_seed": [1.0, 0.3],
+                            "label": ["x", "y"], "x": [0.0, 1.0], "y": [0.0, 1.0], "class": ["", "novel"]})
+    edges = pd.DataFrame(columns=["sae_a", "feature_a", "sae_b", "feature_b", "cos"])
+    fig = F.neighborhood_figure(members, edges)
+    points = sum(len(t.x) for t in fig.data if t.mode and "markers" in t.mode)
+    assert points == 2
