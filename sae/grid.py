@@ -148,12 +148,12 @@ def evaluate_grid(config: GridConfig, out: Path) -> dict[str, Path]:
     model, tokenizer = load_model()
     label = "HuggingFaceTB/SmolLM2-135M-Instruct"
     runs = [
-        evaluate(topk, model, tokenizer=tokenizer, model_label=label, modes=("native", "topk"), **common),
-        evaluate(vanilla, model, tokenizer=tokenizer, model_label=label, **common),
+        # one clean forward for all: the vanilla SAEs (no k) skip the TopK mode
+        evaluate(saes, model, tokenizer=tokenizer, model_label=label, modes=("native", "topk"), **common),
         evaluate(resid, model, tokenizer=tokenizer, model_label=label, dataset=chat_texts(corpus_articles("heldout"), tokenizer),
                  dataset_label="embedded-heldout (chat template)", **common),
     ]
-    long = evaluate({**fig4, **{n: s for n, s in vanilla.items()}}, model, tokenizer=tokenizer, model_label=label,
+    long = evaluate({**fig4, **vanilla}, model, tokenizer=tokenizer, model_label=label,
                     tokens=config.long_tokens, lm_tokens=0, pack=True, context=config.long_context,
                     dataset_label=f"embedded-heldout (packed, {config.long_context})")
     eval_table = pd.concat([r.eval for r in runs], ignore_index=True)
