@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from .data import TokenBatch, TokenBatcher, describe_source, iter_texts, resolve_context
 from .errors import SAEError
 from .io import atomic_path, cache_dir, write_json
-from .sites import SiteRunner, check_finite, load_model
+from .sites import SiteRunner, check_finite, load_model, model_name
 
 CACHE_VERSION = 1
 SHARD_TOKENS = 65_536  # tokens per cache shard
@@ -76,7 +76,7 @@ class ActivationStream:
             model, tok, self.model_label = load_model(str(model), device=device)
             tokenizer = tokenizer or tok
         else:
-            self.model_label = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+            self.model_label = model_name(model)
             if device is not None:
                 model.to(device)
         if tokenizer is None:

@@ -429,7 +429,7 @@ def collect_contexts(
     one forward per token batch serves every SAE, at one site or several. `out` maps names to folders
     (saved at checkpoints and at the end); see `top_contexts` for the rest."""
     from .evaluate import resolve_saes, sae_sites
-    from .sites import load_model
+    from .sites import load_model, model_name
 
     if tokens < 1 or n_top < 1 or n_random < 0 or batch_size < 1:
         raise ContextsError(f"tokens, n_top and batch_size must be positive and n_random >= 0 "
@@ -437,17 +437,17 @@ def collect_contexts(
     before, after = _window(window)
     resolved = resolve_saes(saes)
     if isinstance(model, (str, Path)):
-        lm, tokenizer, model_label = load_model(str(model), device=device)
+        lm, tokenizer, label = load_model(str(model), device=device)
     else:
         if tokenizer is None:
             raise ContextsError("pass tokenizer= with a model object (or a model name)")
-        lm, model_label = model, getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+        lm, label = model, model_name(model)
     hooks = {name: sae_sites(s, name)[0].hook for name, s in resolved}
     stream = ActivationStream(lm, tokenizer, source=[], hooks=list(dict.fromkeys(hooks.values())), shuffle=False,
                               context=context, seq_batch_size=batch_size, progress=False)
     for name, s in resolved:
         if s.d_in != stream.dims()[hooks[name]]:
-            raise ShapeError(f"{name} reads d_in={s.d_in} but {hooks[name]} of {model_label} has width "
+            raise ShapeError(f"{name} reads d_in={s.d_in} but {hooks[name]} of {label} has width "
                              f"{stream.dims()[hooks[name]]}")
         if device is not None:
             s.to(device)
@@ -456,7 +456,7 @@ def collect_contexts(
     collectors = []
     for name, s in resolved:
         settings = {"schema": SCHEMA, "sae": name, "fingerprint": fingerprint(s), "n_features": s.n_features,
-                    "model": model_label, "dataset": describe_source(dataset), "context": stream.context,
+                    "model": label, "dataset": describe_source(dataset), "context": stream.context,
                     "n_top": n_top, "n_random": n_random, "window": [before, after], "seed": seed, "shuffle": shuffle}
         folder = Path(out[name]) if out and name in out else None
         state = _start_state(settings, vocab_size, folder, resume)

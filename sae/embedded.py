@@ -180,6 +180,7 @@ def load_model(device: str | None = None, dtype=None):
     folder = model_dir()
     model = LlamaForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
     model.eval().requires_grad_(False)
+    model.config._name_or_path = MODEL_NAME  # not the cache folder: labels and activation caches name the model
     if device is not None:
         model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -58,6 +58,7 @@ from .sites import (
     Splice,
     check_finite,
     load_model,
+    model_name,
     parse_site,
     position_sites,
     site_order_ok,
@@ -309,7 +310,7 @@ def evaluate(
         if isinstance(mod, (str, Path)):
             lm, tok, label = load_model(str(mod), device=device, dtype=dtype)
         else:
-            lm, tok, label = mod, tokenizer, (getattr(mod.config, "_name_or_path", "") or type(mod).__name__)
+            lm, tok, label = mod, tokenizer, model_name(mod)
             if tok is None:
                 raise SAEError("pass tokenizer= with a model object")
         label = model_label if model_label and len(models) == 1 else label

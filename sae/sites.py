@@ -383,6 +383,11 @@ class SiteRunner:
 # ---------------------------------------------------------------------------------------------------
 # loading a model by name
 # ---------------------------------------------------------------------------------------------------
+def model_name(model: torch.nn.Module) -> str:
+    """The name a loaded model goes by in tables and cache keys (its hub name or folder)."""
+    return getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+
+
 def load_model(spec: str = "embedded", *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """(model, tokenizer, label) for `embedded` or an HF model folder / hub name (no remote code).
 
