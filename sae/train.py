@@ -560,21 +560,19 @@ class _Job:
                 sel_dy.append(diff * (2 * self.config.aux_coef * sh.ddp / denom))
         del score
 
-        W_dec_grad = torch.zeros_like(W_dec)
-        W_enc_grad_t = torch.zeros(F_, sae.d_in, dtype=x.dtype, device=x.device)
-        b_enc_grad = torch.zeros_like(b_enc)
-        for idx_i, pre_i, val_i, dy_i in zip(sel_idx, sel_pre, sel_val, sel_dy):
-            m = idx_i.shape[1]
-            flat = idx_i.reshape(-1)
-            g = _sampled_dot(idx_i, dy_i, W_dec) * (pre_i > 0)  # dL/dpre at the selected entries
-            # [F, B] sparse (k entries per token) @ dense: torch's COO kernel measured ~2x its CSR one here
-            where = torch.stack([flat, torch.arange(B, device=x.device).repeat_interleave(m)])
-            W_dec_grad += torch.sparse.mm(_coo(where, val_i.reshape(-1), (F_, B)), dy_i)
-            W_enc_grad_t += torch.sparse.mm(_coo(where, g.reshape(-1), (F_, B)), x)
-            b_enc_grad.index_add_(0, flat, g.reshape(-1))
-        W_enc.grad = W_enc_grad_t.T.contiguous()
-        b_enc.grad = b_enc_grad
-        W_dec.grad = W_dec_grad
+        # dL/dpre at the selected entries; then every selection (aux-k ones as extra rows B.., so a token's two
+        # selections never share a (feature, row) entry) in one [F, rows] CSR pattern for both weight gradients
+        g = [_sampled_dot(i, dy_i, W_dec) * (p > 0) for i, p, dy_i in zip(sel_idx, sel_pre, sel_dy)]
+        feats = torch.cat([i.reshape(-1) for i in sel_idx])
+        rows = torch.cat([torch.arange(n * B, (n + 1) * B, device=x.device).repeat_interleave(i.shape[1])
+                          for n, i in enumerate(sel_idx)])
+        crow, col, order = _feature_rows(feats, rows, F_)
+        size = (F_, B * len(sel_idx))
+        W_dec.grad = _csr(crow, col, torch.cat([v.reshape(-1) for v in sel_val])[order], size) @ torch.cat(sel_dy)
+        g_flat = torch.cat([gi.reshape(-1) for gi in g])
+        xs = x if len(sel_idx) == 1 else x.repeat(len(sel_idx), 1)
+        W_enc.grad = (_csr(crow, col, g_flat[order], size) @ xs).T.contiguous()
+        b_enc.grad = torch.zeros_like(b_enc).index_add_(0, feats, g_flat)
         b_dec.grad = dy.sum(0)
         stats["l0"] = n_active / (B * sh.ddp)
         return loss, stats, idx[active]
@@ -666,8 +664,15 @@ def _sampled_dot(idx: torch.Tensor, dy: torch.Tensor, table: torch.Tensor) -> to
     return torch.sparse.sampled_addmm(pattern, dy, table.T, beta=0.0).values().view(B, m)
 
 
-def _coo(indices, values, size) -> torch.Tensor:
-    return torch.sparse_coo_tensor(indices, values, size, check_invariants=False)
+def _feature_rows(feats: torch.Tensor, rows: torch.Tensor, n_features: int) -> tuple[torch.Tensor, ...]:
+    """CSR pattern [n_features, rows] of (feature, row) pairs: (crow, col, order), values go in `order`.
+
+    Sorting once and multiplying with int32 CSR measured ~1.6x torch's COO sparse.mm (which sorts on
+    every call) for the two weight gradients here."""
+    order = feats.argsort(stable=True)
+    crow = torch.zeros(n_features + 1, dtype=torch.int32, device=feats.device)
+    crow[1:] = torch.bincount(feats, minlength=n_features).cumsum(0)
+    return crow, rows[order].int(), order
 
 
 def _csr(crow, col, values, size) -> torch.Tensor:
