@@ -13,8 +13,9 @@ The comparison libraries go in a throwaway venv, never in the project's .venv:
     /tmp/benchvenv/bin/python benchmarks/bench_train.py   # from the repository root
 
 A library that is not installed is skipped (the table says so). Data: `--data embedded` captures the
-embedded SmolLM2's L15R activations on the Wikipedia training split (needs the project's deps in the
-venv: transformers, gguf, accelerate; falls back to synthetic with a note), `--data synthetic` uses
+embedded SmolLM2's L15R activations on the Wikipedia training split once into the activation cache
+($SAE_CACHE/activations; needs the project's deps in the venv: transformers, gguf, accelerate; falls
+back to synthetic with a note), `--data synthetic` uses
 sae.synthetic at d = 576 (heavy-tailed, hierarchical, correlated features). Each library trains with
 its own defaults for TopK (optimiser, lr, init, decoder normalisation), as its trainer would:
 
@@ -50,7 +51,7 @@ def get_data(kind: str, n_train: int, n_eval: int, d: int, seed: int = 0) -> tup
 
             hook = "blocks.15.hook_resid_post"
             stream = ActivationStream("embedded", source="embedded-train", hooks=[hook], batch_size=4096,
-                                      max_tokens=n_train + n_eval, seed=seed, progress=False)
+                                      max_tokens=n_train + n_eval, seed=seed, cache=True, progress=False)
             x = torch.cat([b[hook] for b in stream])
             if x.shape[1] != d:
                 raise ValueError(f"the embedded model has d = {x.shape[1]}, not {d}")

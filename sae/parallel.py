@@ -33,6 +33,24 @@ SHARD_DIMS: dict[str, int | None] = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "b_dec"
 PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
+_SAME_WIDTH_INT = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+
+
+def topk_by_bits(score: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise top-k of score [B, F] -> (values [B, k], indices [B, k]), ranked by the bits as integers.
+
+    Positive floats order like their bit patterns (negative ones in reverse), and torch.topk on CPU runs
+    ~1.35x faster on integers here. So the choice is torch.topk's wherever a row has k positive scores;
+    otherwise the rest of the row's picks are other non-positive scores, which a ReLU zeroes either way.
+    """
+    ints = _SAME_WIDTH_INT.get(score.dtype)
+    if ints is None or score.device.type != "cpu":
+        top = score.topk(k, dim=1, sorted=False)
+        return top.values, top.indices
+    top = score.view(ints).topk(k, dim=1, sorted=False)
+    return top.values.view(score.dtype), top.indices
+
+
 class Sharding:
     """One process: every collective is the identity. `MeshSharding` is the distributed version."""
 
@@ -104,8 +122,8 @@ class Sharding:
         One process: m = k. With shards, each keeps the m <= k entries per row of its own features
         (m = the most any row has); shorter rows are padded with owned = False and local index 0.
         """
-        top = score.topk(k, dim=1, sorted=False)
-        return top.values, top.indices, None
+        values, indices = topk_by_bits(score, k)
+        return values, indices, None
 
     def sum_partials(self, t: torch.Tensor) -> torch.Tensor:
         """Sum of every shard's partial result (e.g. a reconstruction from its own features), differentiable."""
@@ -272,7 +290,7 @@ class MeshSharding(Sharding):
         offset = self.tp_rank * n_local
         # Every feature above the global k-th score is among its own shard's top k, so the global
         # top-k of the gathered candidates [B, tp * k] is the top-k over all F features.
-        top = score.topk(min(k, n_local), dim=1, sorted=False)
+        top = score.topk(min(k, n_local), dim=1, sorted=False)  # exact order, negatives included, across shards
         scores = self._gather_columns(top.values)
         index = self._gather_columns(top.indices + offset)
         best = scores.topk(k, dim=1, sorted=False)

@@ -519,20 +519,20 @@ class _Job:
         top_scores, idx, owned = sh.topk(score, k)
         pre = _owned(_exact_pre(idx, top_scores, n, x, W_enc, b_enc, low), owned)
         values = pre.clamp_min(0)
-        y_hat = sh.sum_partials(_gather_sum(idx, W_dec, values)) + b_dec
-        e = y_hat - y
+        e = sh.sum_partials(_gather_sum(idx, W_dec, values)).add_(b_dec).sub_(y)  # y_hat - y
         numel = e.numel()
         y_mean = sh.batch_mean(y)
+        recon = _recon_sums(e, y, y_mean)
         if self.config.loss == "batch-norm-mse":
             c = _token_scale(y, y_mean)
             loss_sum = (e.pow(2) / c).sum()
             dy = e * (2 / numel) / c
         else:
-            loss_sum = e.pow(2).sum()
+            loss_sum = recon[0]
             dy = e * (2 / numel)
         active = values > 0
         # one reduction over the replicas for the loss, the statistics and L0 (numel: the global batch)
-        loss_sum, *sums, n_active = sh.replica_sums([loss_sum, *_recon_sums(e, y, y_mean), sh.shard_sum(active.sum())])
+        loss_sum, *sums, n_active = sh.replica_sums([loss_sum, *recon, sh.shard_sum(active.sum())])
         numel *= sh.ddp
         loss = loss_sum / numel
         stats = _recon_stats(*sums, numel)
@@ -544,7 +544,9 @@ class _Job:
             if n_dead:
                 ka = min(self.config.aux_k, n_dead)
                 aux_scores, aux_idx, aux_owned = sh.topk(score.masked_fill_(~dead, -math.inf), ka)
+                # picks beyond the row's positive dead scores may be masked live features: they add nothing
                 aux_pre = _owned(_exact_pre(aux_idx, aux_scores, n, x, W_enc, b_enc, low), aux_owned)
+                aux_pre = aux_pre.masked_fill(~dead[aux_idx], 0.0)
                 aux_val = aux_pre.clamp_min(0)
                 residual = -e
                 diff = sh.sum_partials(_gather_sum(aux_idx, W_dec, aux_val)) - residual
@@ -683,7 +685,12 @@ def _csr(crow, col, values, size) -> torch.Tensor:
 
 def _recon_sums(e: torch.Tensor, y: torch.Tensor, y_mean: torch.Tensor) -> list[torch.Tensor]:
     """The sums behind _recon_stats: squared error, centred and uncentred squared norm of the target."""
-    return [e.pow(2).sum(), (y - y_mean).pow(2).sum(), y.pow(2).sum()]
+    return [_sum_sq(e), _sum_sq(y - y_mean), _sum_sq(y)]
+
+
+def _sum_sq(t: torch.Tensor) -> torch.Tensor:
+    flat = t.reshape(-1)
+    return torch.dot(flat, flat)  # no [B, d] temporary, unlike t.pow(2).sum()
 
 
 def _recon_stats(sq: float, var: float, yy: float, numel: int) -> dict[str, float]:

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae import SAEError, load
+from sae.parallel import topk_by_bits
 from sae.synthetic import SyntheticData
 from sae.train import SAESpec, TrainConfig, train
 
@@ -410,3 +411,23 @@ def test_torchrun_on_the_embedded_model(smollm2, tmp_path):
     x = torch.randn(4, 576) * 10
     assert sae.encode(x).shape == (4, 4608)
     assert (out / "L15R-8x" / "log.csv").read_text().splitlines()[-1].startswith("2,512,")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_topk_by_bits_chooses_what_torch_topk_chooses_among_positive_scores(dtype):
+    g = torch.Generator().manual_seed(0)
+    score = (torch.randn(300, 257, generator=g) - 2.4).to(dtype)  # ~2 positives per row: some rows have < k
+    score[:5] = score[:5].abs()  # and some rows are all positive
+    score[5, :40] = 1.5  # ties
+    for k in (1, 3, 10):
+        values, indices = topk_by_bits(score, k)
+        assert torch.equal(score.gather(1, indices), values)
+        ref = score.topk(k, dim=1).values
+        for row in range(score.shape[0]):
+            n_pos = int((score[row] > 0).sum())
+            got = values[row].sort(descending=True).values
+            if n_pos >= k:
+                assert torch.equal(got, ref[row])
+            else:  # every positive score, then other non-positive ones
+                assert torch.equal(got[:n_pos], ref[row, :n_pos]) and (got[n_pos:] <= 0).all()
+                assert len(set(indices[row].tolist())) == k
