@@ -9,7 +9,7 @@ The comparison libraries go in a throwaway venv, never in the project's .venv:
 
     python3 -m venv /tmp/benchvenv
     /tmp/benchvenv/bin/pip install torch==2.13.0          # first, so pip keeps the CPU build
-    /tmp/benchvenv/bin/pip install "eai-sparsify==1.3.*" sae-lens safetensors pandas tqdm
+    /tmp/benchvenv/bin/pip install "eai-sparsify==1.3.*" sae-lens safetensors pandas tqdm gguf accelerate
     /tmp/benchvenv/bin/python benchmarks/bench_train.py   # from the repository root
 
 A library that is not installed is skipped (the table says so). Data: `--data embedded` captures the
