@@ -240,7 +240,7 @@ def compare(
         "a": A.counts(),
         "b": B.counts(),
         "options": {f.name: getattr(opts, f.name) for f in fields(opts)},
-        "epsilon": {"a": _epsilon(A.n, A.d), "b": _epsilon(B.n, B.d)},
+        "epsilon": {"a": epsilon(A.n, A.d), "b": epsilon(B.n, B.d)},
         "max_cos": {"b_to_a": _dist(best_b, opts), "a_to_b": _dist(best_a, opts), **base_summary},
         "classes_b": _counts(fb["class"], novelty.CLASSES + ("dead",)),
         "families": _counts(fam["type"], matching.FAMILY_TYPES),
@@ -330,7 +330,7 @@ def _members(label: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
 
 
 # ---- statistics --------------------------------------------------------------------------------------
-def _epsilon(n: int, d: int) -> float:
+def epsilon(n: int, d: int) -> float:
     """sqrt(12 ln F / D): the interference scale of F nearly-orthogonal directions in D dimensions."""
     return math.sqrt(12 * math.log(max(n, 2)) / d)
 

@@ -28,7 +28,7 @@ from plotly.subplots import make_subplots
 from sae.errors import FormatError, SAEError, SAEFileError, run_cli
 from sae.io import atomic_path, write_text
 
-from .report import _cdf
+from .report import cdf
 
 PAPER_LAYERS = (7, 15, 23)  # the layers of Fig. 2 and Fig. 4
 POSITIONS = ("R", "A", "M", "TC")
@@ -394,7 +394,7 @@ def max_cos_cdf(features_b: pd.DataFrame, summary: dict) -> go.Figure:
         fb = fb[fb["excluded"].astype("string").fillna("") == ""]
     best = _nonempty(fb, "Fig. 8", "for live B features")["best_cos"].to_numpy()
     fig = go.Figure()
-    xs, ys = _cdf(best)
+    xs, ys = cdf(best)
     fig.add_trace(go.Scatter(x=xs, y=ys, name=f"{b} -> {a} (median {np.median(best):.3f})", mode="lines"))
     for name, q, dash in ((f"random directions -> {a}", baseline, "dash"), ("isotropic random", isotropic, "dot")):
         levels = sorted(q)

@@ -44,7 +44,7 @@ from sae.io import write_json, write_text
 
 from . import novelty
 from .clusters import decoder_rows, label_lookup, sae_colors, umap_2d
-from .compare import _epsilon as epsilon
+from .compare import epsilon
 from .options import GeometryError, Options
 from .similarity import top_k_cosine
 

@@ -18,7 +18,7 @@ from .novelty import CLASSES
 _COLORS = {"same": "#2ca02c", "refined": "#1f77b4", "composite": "#ff7f0e", "novel": "#d62728", "ambiguous": "#7f7f7f"}
 
 
-def _cdf(x: np.ndarray, points: int = 400) -> tuple[np.ndarray, np.ndarray]:
+def cdf(x: np.ndarray, points: int = 400) -> tuple[np.ndarray, np.ndarray]:
     """An empirical CDF at most `points` long (quantiles), so the page stays small."""
     x = np.sort(np.asarray(x, dtype=np.float64))
     if len(x) > points:
@@ -32,7 +32,7 @@ def cdf_figure(cmp) -> go.Figure:
     data = {"b_to_a": fb.loc[fb["excluded"] == "", "best_cos"], "a_to_b": fa.loc[fa["excluded"] == "", "best_cos"]}
     for col, key in enumerate(("b_to_a", "a_to_b"), start=1):
         for name, x, dash in (("observed", data[key], None), ("random directions", cmp.baseline[key], "dash")):
-            xs, ys = _cdf(x)
+            xs, ys = cdf(x)
             fig.add_trace(go.Scatter(x=xs, y=ys, name=name, line={"dash": dash}, legendgroup=name,
                                      showlegend=col == 1), row=1, col=col)
         eps = cmp.summary["epsilon"]["a" if key == "b_to_a" else "b"]

@@ -106,6 +106,8 @@ class Slots:
 
     def threshold(self) -> np.ndarray:
         """[F] the score a candidate must beat: the n-th best kept (-inf while a feature has room)."""
+        if not self.score.shape[1]:  # n = 0 keeps nothing
+            return np.full(self.score.shape[0], np.inf)
         return self.score[:, -1]
 
 

@@ -3,8 +3,8 @@
 Fetches SmolLM2-135M-Instruct and the Wikipedia summaries (first run only), trains the demo suite at
 layer 15's residual stream (`demo:L15R-8x`, `demo:L15R-32x`, TopK k = 50, post-processed to JumpReLU,
 and the `demo:L15R-8x-Vanilla` baseline) into `$SAE_CACHE/demo/`, evaluates them on held-out articles
-and writes the tables to `--out`. A second run finds the suite built and only evaluates (the held-out
-activations are cached too). `make demo` then compares the two widths with `geometry.compare` and draws
+and writes the tables to `--out`. A second run finds the suite built and, in the same `--out`, its
+evaluation written, and only prints the table (another budget or a retrained suite evaluates again). `make demo` then compares the two widths with `geometry.compare` and draws
 the threats neighbourhood with `geometry.neighborhood`.
 
 The budget: `--distinct-tokens` training tokens are captured once (disk cache) and the SAEs train
@@ -19,6 +19,8 @@ import os
 import shutil
 import time
 from pathlib import Path
+
+import pandas as pd
 
 from .errors import run_cli
 from .io import cache_dir, write_json
@@ -81,18 +83,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="where the evaluation tables go")
     args = p.parse_args(argv)
 
-    from .evaluate import evaluate
-
     start = time.perf_counter()
     root = build_suite(args.tokens, min(args.distinct_tokens, args.tokens), rebuild=args.rebuild)
-    result = evaluate({name: f"demo:{name}" for name in SUITE}, tokens=args.eval_tokens, modes=("native", "topk"),
-                      lm_tokens=min(args.lm_tokens, args.eval_tokens), progress=True)
-    paths = result.write(args.out / "eval")
-    table = result.eval[COLUMNS]
-    print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"\nsuite: {root}\ntables: {', '.join(str(p) for p in paths.values())}"
-          f"\n({time.perf_counter() - start:.0f} s)")
+    table, paths = evaluate_suite(root, args.out / "eval", args.eval_tokens, min(args.lm_tokens, args.eval_tokens))
+    print("\n" + table[COLUMNS].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"\nsuite: {root}\ntables: {', '.join(str(p) for p in paths)}\n({time.perf_counter() - start:.0f} s)")
     return 0
+
+
+def evaluate_suite(root: Path, out: Path, tokens: int, lm_tokens: int) -> tuple[pd.DataFrame, list[Path]]:
+    """Evaluate the suite into `out`, unless `out` already holds this suite's evaluation on this budget."""
+    from .evaluate import evaluate
+    from .formats.tensors import read_json
+
+    stamp = {"suite": {name: (root / name / "sae_weights.safetensors").stat().st_mtime_ns for name in SUITE},
+             "tokens": tokens, "lm_tokens": lm_tokens}
+    marker, table_path = out / "demo.json", out / "eval.csv"
+    if marker.is_file() and table_path.is_file() and read_json(marker) == stamp:
+        print(f"the evaluation of this suite on this budget is already in {out}")
+        return pd.read_csv(table_path), [table_path]
+    result = evaluate({name: f"demo:{name}" for name in SUITE}, tokens=tokens, modes=("native", "topk"),
+                      lm_tokens=lm_tokens, progress=True)
+    paths = list(result.write(out).values())
+    write_json(marker, stamp)
+    return result.eval, paths
 
 
 if __name__ == "__main__":

@@ -62,11 +62,11 @@ def brute_force(model, tok, sae, docs, window, n_top, n_random, seed=0):
     return out, per_doc
 
 
-@pytest.mark.parametrize("activation", ["jumprelu", "topk"])
-def test_streamed_contexts_equal_brute_force(tiny_llama, activation):
+@pytest.mark.parametrize("activation,n_random", [("jumprelu", 4), ("topk", 4), ("topk", 0)])
+def test_streamed_contexts_equal_brute_force(tiny_llama, activation, n_random):
     model, tok = tiny_llama
     sae = make_sae(activation)
-    window, n_top, n_random = (5, 2), 3, 4
+    window, n_top = (5, 2), 3
     ctx = top_contexts(sae, model=model, tokenizer=tok, dataset=CORPUS, tokens=10**6, n_top=n_top,
                        n_random=n_random, window=window, batch_size=3, context=256, progress=False)
     ref, per_doc = brute_force(model, tok, sae, DOCS, window, n_top, n_random)

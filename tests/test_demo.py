@@ -55,6 +55,13 @@ def test_second_demo_run_reuses_the_suite(tiny_demo):
     first = pd.read_csv(out / "eval" / "eval.csv")
     again = pd.read_csv(out / "again" / "eval" / "eval.csv")
     pd.testing.assert_series_equal(first["l0"], again["l0"])  # same SAEs, same held-out tokens
+    # a third run into the same folder finds this suite's evaluation there and does not redo it
+    written = (out / "again" / "eval" / "eval.csv").stat().st_mtime_ns
+    run = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "sae.demo", "--out", str(out / "again"),
+                          *TINY_DEMO_ARGS.split()], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "already in" in run.stdout and "L15R-8x-Vanilla" in run.stdout
+    assert (out / "again" / "eval" / "eval.csv").stat().st_mtime_ns == written
 
 
 def _fake_training(calls: list, root):
