@@ -455,10 +455,17 @@ class _Job:
         self.sh = sharding or Sharding()
         self.n_features = sae.n_features * self.sh.tp  # over all shards
         self.scale_in, self.scale_out = scale_in, scale_out
-        self.params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+        self.params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]  # in the SAE's own layout
+        self.opt_params = list(self.params)  # what Adam updates: the same memory
+        if sae.activation == "topk":
+            # W_enc [d, F] is kept feature-major ([F, d] in memory) and Adam updates that contiguous [F, d]
+            # view: the sparse product yields the gradient as [F, d] (no transpose of [d, F] per step), the
+            # sampled product reads W_enc 2-7x faster in this order, and Adam's fused kernel stays fast.
+            sae.W_enc.data = sae.W_enc.data.T.contiguous().T
+            self.opt_params[0] = torch.nn.Parameter(sae.W_enc.data.T)
         fused = torch.device(config.device).type in ("cpu", "cuda")
         self.opt = torch.optim.Adam(
-            self.params, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps, fused=fused
+            self.opt_params, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps, fused=fused
         )
         self.score_dtype = _score_dtype(config.score_dtype, sae.W_enc.device)
         self.last_fired = torch.full((sae.n_features,), -1, dtype=torch.long, device=sae.W_enc.device)
@@ -481,9 +488,9 @@ class _Job:
                 f"{self.spec.name}: the loss became {loss} at step {step}; training stopped and the last "
                 "good checkpoint (if any) is intact. Try a lower --lr or --grad-clip."
             )
-        self.sh.reduce_grads(self.params)
+        self.sh.reduce_grads(self.opt_params)
         if cfg.grad_clip > 0:
-            self.sh.clip_grad_norm_(self.params, cfg.grad_clip, [SHARD_DIMS[n] for n in PARAM_NAMES])
+            self.sh.clip_grad_norm_(self.opt_params, cfg.grad_clip, [SHARD_DIMS[n] for n in PARAM_NAMES])
         self.opt.step()
         self.sh.mark_fired(self.last_fired, fired, tokens_before + x.shape[0] * self.sh.ddp)
         stats.update(loss=loss, lr=lr, k=k)
@@ -573,7 +580,7 @@ class _Job:
         W_dec.grad = _csr(crow, col, torch.cat([v.reshape(-1) for v in sel_val])[order], size) @ torch.cat(sel_dy)
         g_flat = torch.cat([gi.reshape(-1) for gi in g])
         xs = x if len(sel_idx) == 1 else x.repeat(len(sel_idx), 1)
-        W_enc.grad = (_csr(crow, col, g_flat[order], size) @ xs).T.contiguous()
+        self.opt_params[0].grad = _csr(crow, col, g_flat[order], size) @ xs  # [F, d]: W_enc's memory order
         b_enc.grad = torch.zeros_like(b_enc).index_add_(0, feats, g_flat)
         b_dec.grad = dy.sum(0)
         stats["l0"] = n_active / (B * sh.ddp)
@@ -602,6 +609,10 @@ class _Job:
             stats["l1"] = l1 / sh.ddp
             fired = active.any(0).nonzero().squeeze(1)
         return loss / sh.ddp, stats, fired
+
+    def in_sae_layout(self, i: int, t: torch.Tensor) -> torch.Tensor:
+        """A tensor shaped like Adam's i-th parameter (e.g. its state), viewed as the SAE's i-th tensor."""
+        return t if self.opt_params[i] is self.params[i] else t.T
 
     # ---- metrics ------------------------------------------------------------------------------------
     def alive_fraction(self, tokens: int) -> float:
@@ -723,12 +734,12 @@ def _save_checkpoint(root: Path, step: int, tokens: int, jobs: list[_Job], meta:
     adam_steps: dict[str, list[float]] = {}
     for job in jobs:
         name = job.spec.name
-        for pname, p in zip(PARAM_NAMES, job.params):
+        for i, (pname, p) in enumerate(zip(PARAM_NAMES, job.params)):
             put(f"{name}/{pname}", p, SHARD_DIMS[pname])
-            st = job.opt.state.get(p, {})
+            st = job.opt.state.get(job.opt_params[i], {})
             if st:
-                put(f"{name}/adam/{pname}/exp_avg", st["exp_avg"], SHARD_DIMS[pname])
-                put(f"{name}/adam/{pname}/exp_avg_sq", st["exp_avg_sq"], SHARD_DIMS[pname])
+                put(f"{name}/adam/{pname}/exp_avg", job.in_sae_layout(i, st["exp_avg"]), SHARD_DIMS[pname])
+                put(f"{name}/adam/{pname}/exp_avg_sq", job.in_sae_layout(i, st["exp_avg_sq"]), SHARD_DIMS[pname])
                 adam_steps.setdefault(name, []).append(float(st["step"]))
         put(f"{name}/last_fired", job.last_fired, SHARD_DIMS["last_fired"])
     if not sh.is_main:
@@ -787,10 +798,17 @@ def _load_checkpoint(folder: Path, jobs: list[_Job]) -> dict[str, Any]:
                     raise TrainingError(f"checkpoint {folder} does not match SAE {name} ({key})")
                 p.copy_(part)
                 if i < len(steps):
-                    job.opt.state[p] = {
+                    q = job.opt_params[i]
+
+                    def adam(key: str) -> torch.Tensor:  # in q's shape and layout (the fused kernel needs it)
+                        out = torch.empty_like(q)
+                        job.in_sae_layout(i, out).copy_(sh.shard(t[f"{name}/adam/{pname}/{key}"], dim))
+                        return out
+
+                    job.opt.state[q] = {
                         "step": torch.tensor(steps[i], dtype=torch.float32, device=p.device),
-                        "exp_avg": sh.shard(t[f"{name}/adam/{pname}/exp_avg"], dim).to(p.device).clone(),
-                        "exp_avg_sq": sh.shard(t[f"{name}/adam/{pname}/exp_avg_sq"], dim).to(p.device).clone(),
+                        "exp_avg": adam("exp_avg"),
+                        "exp_avg_sq": adam("exp_avg_sq"),
                     }
         job.last_fired.copy_(sh.shard(t[f"{name}/last_fired"], SHARD_DIMS["last_fired"]))
     return state
@@ -956,6 +974,7 @@ def _train(source, specs, config, out_dir, resume, progress, stop_after, sh: Sha
 
     saes = {}
     for job in jobs:
+        job.sae.W_enc.data = job.sae.W_enc.data.contiguous()  # hand over the usual layout (training is over)
         sae = sh.full_sae(job.sae, job.spec.k if job.sae.activation == "topk" else job.sae.k)
         sae.meta.provenance = {
             "trained_by": "sae.train",
