@@ -184,6 +184,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", choices=("embedded", "synthetic"), default="embedded")
     p.add_argument("--tokens", type=int, default=40 * 4096, help="training tokens per library")
+    p.add_argument("--epochs", type=int, default=1, help="passes over the training tokens (the same order for every library)")
     p.add_argument("--eval-tokens", type=int, default=16_384)
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--d", type=int, default=576)
@@ -198,6 +199,9 @@ def main(argv=None) -> int:
 
     B, F, k = args.batch_size, args.features, args.k
     x_train, x_eval, label = get_data(args.data, args.tokens, args.eval_tokens, args.d)
+    if args.epochs > 1:
+        x_train = x_train.repeat(args.epochs, 1)
+        label += f", {args.epochs} epochs"
     floor = matmul_floor(B, args.d, F)
     selection = selection_floor(B, args.d, F, k)
     runs = {
