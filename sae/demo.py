@@ -4,8 +4,9 @@ Fetches SmolLM2-135M-Instruct and the Wikipedia summaries (first run only), trai
 layer 15's residual stream (`demo:L15R-8x`, `demo:L15R-32x`, TopK k = 50, post-processed to JumpReLU,
 and the `demo:L15R-8x-Vanilla` baseline) into `$SAE_CACHE/demo/`, evaluates them on held-out articles
 and writes the tables to `--out`. A second run finds the suite built and, in the same `--out`, its
-evaluation written, and only prints the table (another budget or a retrained suite evaluates again). `make demo` then compares the two widths with `geometry.compare` and draws
-the threats neighbourhood with `geometry.neighborhood`.
+evaluation written, and only prints the table (another budget or a retrained suite evaluates again).
+`make demo` then compares the two widths with `geometry.compare` and draws the threats neighbourhood
+with `geometry.neighborhood`.
 
 The budget: `--distinct-tokens` training tokens are captured once (disk cache) and the SAEs train
 several epochs over them, `--tokens` in all, in batches of 1,024: on 2 CPU cores the model, not the
