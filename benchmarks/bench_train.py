@@ -72,30 +72,34 @@ def ev(predict, x_eval: torch.Tensor) -> float:
     return 1 - sq / float((x_eval - x_eval.mean(0)).pow(2).sum())
 
 
-def matmul_floor(B: int, d: int, F: int, repeats: int = 5) -> dict:
-    x, W, b = torch.randn(B, d), torch.randn(d, F), torch.randn(F)
-    torch.addmm(b, x, W)
+def seconds_per_call(fn, repeats: int = 5) -> float:
+    fn()  # warm-up
     t = time.perf_counter()
     for _ in range(repeats):
-        torch.addmm(b, x, W)
-    s = (time.perf_counter() - t) / repeats
+        fn()
+    return (time.perf_counter() - t) / repeats
+
+
+def matmul_floor(B: int, d: int, F: int) -> dict:
+    x, W, b = torch.randn(B, d), torch.randn(d, F), torch.randn(F)
+    s = seconds_per_call(lambda: torch.addmm(b, x, W))
     return {"seconds_per_batch": s, "gflops": 2 * B * d * F / s / 1e9, "tokens_per_s": B / s}
 
 
-# ---------------------------------------------------------------------------------------------------
-def selection_floor(B: int, d: int, F: int, k: int, repeats: int = 5) -> dict:
+def selection_floor(B: int, d: int, F: int, k: int) -> dict:
     """What our step cannot go below on a CPU with bfloat16: the ranking matmul and the top-k."""
     from sae.parallel import topk_by_bits
 
     x, W, b = torch.randn(B, d).bfloat16(), torch.randn(d, F).bfloat16(), torch.randn(F).bfloat16()
-    topk_by_bits(torch.addmm(b, x, W), k)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        topk_by_bits(torch.addmm(b, x, W), k)
-    s = (time.perf_counter() - t) / repeats
+    s = seconds_per_call(lambda: topk_by_bits(torch.addmm(b, x, W), k))
     return {"seconds_per_batch": s, "tokens_per_s": B / s}
 
 
+def faster(a: dict, b: dict) -> dict:
+    return a if a["tokens_per_s"] >= b["tokens_per_s"] else b
+
+
+# ---------------------------------------------------------------------------------------------------
 def run_ours(x_train, x_eval, B, F, k, anneal: bool, lr: float = 8e-4, b_dec_init: str = "zero") -> dict:
     from sae.postprocess import fold_and_normalise
     from sae.train import SAESpec, TrainConfig, train
@@ -219,10 +223,8 @@ def main(argv=None) -> int:
     best: dict[str, dict] = {}
     for rep in range(args.repeats):  # rounds over all libraries; each keeps its best round (a shared machine is noisy)
         if rep:
-            again = matmul_floor(B, args.d, F)
-            floor = again if again["tokens_per_s"] > floor["tokens_per_s"] else floor
-            again = selection_floor(B, args.d, F, k)
-            selection = again if again["tokens_per_s"] > selection["tokens_per_s"] else selection
+            floor = faster(floor, matmul_floor(B, args.d, F))
+            selection = faster(selection, selection_floor(B, args.d, F, k))
         for name in wanted:
             if "skipped" in best.get(name, {}):
                 continue
