@@ -26,12 +26,13 @@ setup: $(VENV)/.installed
 test: setup
 	$(BIN)/python -m pytest -q
 
-# DEMO_TOKENS (training tokens, default 300000), DEMO_DISTINCT (60000) and DEMO_REBUILD=1 are read by
-# sae.demo; DEMO_ARGS passes any of its options (python -m sae.demo --help). DEMO_CONTEXT_TOKENS is the
+# sae.demo reads DEMO_<SETTING> for each of its settings (DEMO_EPOCHS=1, DEMO_REBUILD=1, ...; python -m sae.demo
+# --help) and DEMO_ARGS passes any of its flags. DEMO_CONTEXT_TOKENS is the
 # top-context budget of the threats neighbourhood (its contexts are kept and reused by later runs).
 demo: setup
 	$(BIN)/python -m sae.demo --out $(DEMO_OUT) $(DEMO_ARGS)
 	$(BIN)/python -m geometry.compare demo:L15R-8x demo:L15R-32x --out $(DEMO_OUT)/compare \
+		--freq-a $(DEMO_OUT)/eval/frequencies_L15R-8x.csv --freq-b $(DEMO_OUT)/eval/frequencies_L15R-32x.csv \
 		--json $(DEMO_OUT)/compare/summary.json
 	$(BIN)/python -m geometry.neighborhood demo:L15R-8x --keywords $(DEMO_KEYWORDS) \
 		--members demo:L15R-8x-Vanilla=6,demo:L15R-8x=6,demo:L15R-32x=24 --tokens $(DEMO_CONTEXT_TOKENS) \

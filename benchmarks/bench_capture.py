@@ -2,12 +2,18 @@
 
     .venv/bin/python benchmarks/bench_capture.py                  # layer 15, 8 held-out docs per batch
     .venv/bin/python benchmarks/bench_capture.py --layers 5 15 25 --repeats 5
+    .venv/bin/python benchmarks/bench_capture.py --only stream --stream-tokens 32768   # (d) alone
 
 (a) Capture: the R, A, M and TC-input sites of one layer from one forward (`SiteRunner.capture`) against
     a plain `transformers` forward truncated at that layer (`config.num_hidden_layers = L + 1`, the
     model's own loop, no hooks). Alternating, `--repeats` times; medians and their ratio.
 (b) Capture throughput: `ActivationStream` over the held-out corpus at the 4 sites of one layer
     (tokenisation, masks and copying included), ordinary tokens per second.
+(d) The training stream with `sae.train`'s defaults (documents packed into rows of 1024 tokens, the model
+    in the "auto" dtype: bfloat16 where the hardware has fast bf16, massive activations left out, no
+    cache) against a bare `transformers` forward truncated after the layer, in the same dtype, on the
+    same packed rows; alternating, best of `--repeats`. Target: stream >= 0.9x bare. A short bare
+    forward in the other dtype shows what the "auto" choice is worth on this machine.
 (c) Evaluation: the 8 SAEs of one layer (R, A, M, TC at 8x and 32x, TopK k=50, random weights) on the
     same token batch, in clean-forward equivalents (one clean forward = `model(input_ids).logits`):
     activation metrics only (`lm_tokens=0`) and with every LM metric (delta LM, KL, CE recovered).
@@ -30,6 +36,7 @@ from sae.activations import ActivationStream  # noqa: E402
 from sae.data import token_batches  # noqa: E402
 from sae.embedded import load_model  # noqa: E402
 from sae.evaluate import evaluate  # noqa: E402
+from sae.precision import dtype_name, fast_bf16, resolve_dtype  # noqa: E402
 from sae.sites import SiteRunner  # noqa: E402
 
 
@@ -68,9 +75,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--stream-tokens", type=int, default=4000)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    p.add_argument("--only", choices=("all", "stream"), default="all", help="stream: section (d) alone")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.only == "stream":
+        stream_vs_bare(args.layers[0], args.stream_tokens, args.repeats)
+        return
     model, tok = load_model()
     runner = SiteRunner(model)
     batch = next(token_batches("embedded-heldout", tok, batch_size=args.batch_size))
@@ -136,6 +147,57 @@ def main() -> None:
         t_full_fwd.append(timed(lambda r=r: model(r.input_ids, attention_mask=r.attention_mask)))
     print(f"\n(b) ActivationStream, 4 sites of layer {L}: {n} tokens in {dt:.1f} s = {n / dt:.0f} tokens/s "
           f"(a full forward with LM head over the same tokens: {n / sum(t_full_fwd):.0f} tokens/s)")
+
+
+
+def _truncated(model, layer: int):
+    """A bare forward through blocks 0..layer: the model's own loop, no hooks, no final norm or head."""
+    def run(batches):
+        n = model.config.num_hidden_layers
+        model.config.num_hidden_layers = layer + 1
+        try:
+            with torch.no_grad():
+                for b in batches:
+                    model.model(b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+        finally:
+            model.config.num_hidden_layers = n
+    return run
+
+
+def stream_vs_bare(layer: int, tokens: int, repeats: int) -> None:
+    """(d): the training stream's defaults against a bare truncated forward on the same packed rows."""
+    hook = f"blocks.{layer}.hook_resid_post"
+    auto = resolve_dtype("auto")
+    model, tok = load_model(dtype=auto)
+    other = torch.float32 if auto == torch.bfloat16 else torch.bfloat16
+
+    def stream():
+        return ActivationStream(model, tok, source="embedded-train", hooks=[hook], max_tokens=tokens, pack=True,
+                                shuffle=False, progress=False)
+
+    batches = list(stream().token_batches())
+    n_rows = 0
+    for i, b in enumerate(batches):  # the rows the stream reads for `tokens` ordinary tokens
+        n_rows += int(b.mask.sum())
+        if n_rows >= tokens:
+            batches = batches[: i + 1]
+            break
+    bare = _truncated(model, layer)
+    t_stream, t_bare = [], []
+    for _ in range(repeats):
+        t_bare.append(timed(lambda: bare(batches)))
+        t_stream.append(timed(lambda: sum(c[hook].shape[0] for c in stream().chunks())))
+    n = sum(c[hook].shape[0] for c in stream().chunks())
+    best_s, best_b = min(t_stream), min(t_bare)
+    print(f"(d) layer {layer}, {n:,} ordinary tokens in packed rows of {batches[0].input_ids.shape[1]}, "
+          f"model in {dtype_name(auto)} (auto; fast bf16 here: {fast_bf16()}):")
+    print(f"    bare truncated forward {n_rows / best_b:,.0f} tokens/s, training stream {n / best_s:,.0f} tokens/s, "
+          f"ratio {best_b / best_s:.3f} (target >= 0.9)")
+    model.to(other)
+    few = batches[: max(1, len(batches) // 16)]
+    few_tokens = sum(int(b.mask.sum()) for b in few)
+    print(f"    bare forward in {dtype_name(other)} on {few_tokens:,} of those tokens: "
+          f"{few_tokens / timed(lambda: _truncated(model, layer)(few)):,.0f} tokens/s")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sae.parallel import Sharding, setup  # noqa: E402
-from sae.train import SAESpec, TrainConfig, _score_dtype, train  # noqa: E402
+from sae.precision import resolve_dtype  # noqa: E402
+from sae.train import SAESpec, TrainConfig, train  # noqa: E402
 
 
 def activations(n: int, d: int, device: str, seed: int = 0) -> torch.Tensor:
@@ -82,7 +83,7 @@ def _worker(rank: int, world: int, port: int, tp: int, a: dict, out: str) -> Non
         x = activations(a["tokens"], a["d"], "cpu")
         res = time_training(sh, x, a["features"], a["k"], a["batch"], a["steps"], threads=1)
         rows, F = (a["batch"] // sh.ddp, a["features"] // sh.tp)
-        res["floor_s"] = matmul_floor(rows, a["d"], F, _score_dtype("auto", torch.device("cpu")), "cpu")
+        res["floor_s"] = matmul_floor(rows, a["d"], F, resolve_dtype("auto", torch.device("cpu")), "cpu")
         if sh.is_main:
             Path(out).write_text(json.dumps(res))
     finally:
@@ -105,7 +106,7 @@ def run_one_process(a: dict, threads: int, device: str) -> dict:
     torch.set_num_threads(threads)
     x = activations(a["tokens"], a["d"], device)
     res = time_training(Sharding(), x, a["features"], a["k"], a["batch"], a["steps"], threads=threads)
-    res["floor_s"] = matmul_floor(a["batch"], a["d"], a["features"], _score_dtype("auto", torch.device(device)), device)
+    res["floor_s"] = matmul_floor(a["batch"], a["d"], a["features"], resolve_dtype("auto", torch.device(device)), device)
     return res
 
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     a = {"d": args.d, "features": args.features, "k": args.k, "batch": args.batch, "steps": args.steps,
          "tokens": args.batch * 16}
     device = "cuda" if args.gpu else "cpu"
-    rank_dtype = _score_dtype("auto", torch.device(device))
+    rank_dtype = resolve_dtype("auto", torch.device(device))
     rows = []
     if args.gpu:
         res = run_one_process(a, torch.get_num_threads(), device)

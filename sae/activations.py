@@ -9,7 +9,14 @@
         ...
 
 - One forward per token batch captures every hook, and stops after the last block needed.
-- BOS/EOS/pad (and any other special token) positions are dropped before anything else.
+- BOS/EOS/pad (and any other special token) positions are dropped before anything else, and so are
+  massive-activation positions (`sae.massive`: norm > 10x the site's median in the token batch, at any
+  hook of the stream); `massive_tokens` counts them.
+- A model given by name loads in `model_dtype` ("auto": bfloat16 where the hardware has fast bf16,
+  float32 elsewhere, `sae.precision`); batches come out in `dtype` (float32), the cache keeps the
+  model's own dtype (half the disk in bf16).
+- `pack=True` (what `sae.train` uses by default) concatenates documents into full rows of `context`
+  tokens; evaluation and contexts keep one document per row (`pack=False`, the default here).
 - Shuffle buffer as in Llama Scope: fill to `buffer_tokens`, shuffle, hand out batches until it is
   half empty, refill to full, shuffle again; at the end of the data the rest is drained. Seeded.
   `shuffle=False` gives the tokens in corpus order.
@@ -38,9 +45,11 @@ from safetensors.torch import load_file, save_file
 from .data import TokenBatch, TokenBatcher, describe_source, iter_texts, resolve_context
 from .errors import SAEError
 from .io import atomic_path, cache_dir, write_json
+from .massive import MASSIVE_FACTOR, massive_positions
+from .precision import resolve_dtype
 from .sites import SiteRunner, check_finite, load_model, model_name
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 SHARD_TOKENS = 65_536  # tokens per cache shard
 DEFAULT_NORM_TOKENS = 16_384  # Llama Scope's released code measures the mean norm on 16,384 tokens
 
@@ -69,11 +78,14 @@ class ActivationStream:
         shard: tuple[int, int] = (0, 1),
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        model_dtype: str | torch.dtype = "auto",
+        massive_factor: float = MASSIVE_FACTOR,
         text_field: str = "text",
         progress: bool = True,
     ):
         if isinstance(model, (str, Path)):
-            model, tok, self.model_label = load_model(str(model), device=device)
+            model, tok, self.model_label = load_model(str(model), device=device,
+                                                      dtype=resolve_dtype(model_dtype, device))
             tokenizer = tokenizer or tok
         else:
             self.model_label = model_name(model)
@@ -102,6 +114,8 @@ class ActivationStream:
         self.norm_tokens = norm_tokens
         self.shard = shard
         self.dtype = dtype
+        self.massive_factor = massive_factor
+        self.massive_tokens = 0  # positions the massive rule left out (of the tokens read from the model)
         self.text_field = text_field
         self.progress = progress
         self.batcher = TokenBatcher(tokenizer, context=context, batch_size=seq_batch_size, pack=pack,
@@ -142,6 +156,15 @@ class ActivationStream:
         if n_tokens == self.norm_tokens:
             self._norms = norms
         return dict(norms)
+
+    def n_tokens(self) -> int:
+        """Ordinary tokens the stream holds (at most max_tokens); with a cache, reading them fills it."""
+        index = self._read_index()
+        if index is None:
+            n = sum(next(iter(chunk.values())).shape[0] for chunk in self.chunks())
+            index = self._read_index()
+            return int(index["tokens"]) if index is not None else n
+        return min(int(index["tokens"]), self.max_tokens or int(index["tokens"]))
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed + 1_000_003 * self._epoch)
@@ -195,15 +218,18 @@ class ActivationStream:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=limit, unit="tok", desc="activations", disable=not progress, leave=False)
-        state = {"seen": 0, "shards": [], "pending": [], "sums": {h: 0.0 for h in self.hooks}, "norm_seen": 0}
+        state = {"seen": 0, "shards": [], "pending": [], "sums": {h: 0.0 for h in self.hooks}, "norm_seen": 0,
+                 "massive": 0}
         try:
             for b, batch in enumerate(self.token_batches()):
                 acts = self.runner.capture(batch.input_ids, batch.attention_mask, self.hooks)
                 mask = batch.mask.to(self.runner.device)
-                chunk = {}
                 for h in self.hooks:
                     check_finite(f"{h} (token batch {b})", acts[h], mask)
-                    chunk[h] = acts[h][mask].detach().to("cpu")
+                massive = massive_positions(acts.values(), mask, self.massive_factor)
+                state["massive"] += int(massive.sum())
+                mask = mask & ~massive
+                chunk = {h: acts[h][mask].detach().to("cpu") for h in self.hooks}
                 n = chunk[self.hooks[0]].shape[0]
                 if limit is not None and state["seen"] + n > limit:
                     chunk = {h: t[: limit - state["seen"]] for h, t in chunk.items()}
@@ -237,6 +263,7 @@ class ActivationStream:
 
     def _finish(self, state: dict, limit: int | None, write_cache: bool) -> None:
         seen = state["seen"]
+        self.massive_tokens = state["massive"]
         if seen == 0:
             raise SAEError(f"the corpus {describe_source(self.source)} is empty: no ordinary tokens")
         if self._norms is None and (limit is None or seen < limit):  # the whole stream is shorter than norm_tokens
@@ -249,11 +276,13 @@ class ActivationStream:
                 "version": CACHE_VERSION, "key": self._key, "tokens": seen, "hooks": self.hooks,
                 "shards": state["shards"], "complete": limit is None or seen < limit,
                 "norm_tokens": min(self.norm_tokens, seen), "mean_norms": self._norms or {},
+                "massive_tokens": state["massive"],
                 "d": self.runner.d_model, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
             write_json(self.cache_folder / "index.json", index)
 
     def _cached_chunks(self, index: dict, limit: int | None) -> Iterator[dict[str, torch.Tensor]]:
+        self.massive_tokens = int(index.get("massive_tokens", 0))
         seen = 0
         for shard in index["shards"]:
             path = self.cache_folder / shard["file"]
@@ -293,6 +322,7 @@ class ActivationStream:
             "pack": self.pack,
             "shard": list(self.shard),
             "dtype": str(next(self.runner.model.parameters()).dtype),
+            "massive_factor": self.massive_factor,
         }
         if key["source"] is None:
             raise SAEError("the activation cache needs a named source (a file, folder, embedded-*, hf:...), "

@@ -16,9 +16,13 @@ token budget would otherwise see only its first titles); `shuffle=False` keeps c
 - `random`: `n_random` activating tokens drawn uniformly without replacement (reservoir sampling by
   random keys: every activating (document, position) gets a key from a seeded hash and the largest
   keys are kept, so the sample does not depend on batching and a resumed run draws the same one);
-- firing counts, and the corpus count of every token id (the labeller's background).
+- firing counts, and the corpus count of every token id (the labeller's background);
+- the text of every token id in the windows, and the bytes of those that are pieces of a character
+  (byte-level BPE splits some non-ASCII characters into tokens that decode alone to U+FFFD), so that
+  `decode` gives runs of tokens, such as words, whole.
 A context is a window of `window = (before, after)` tokens around its token with the feature's
-activation on each; BOS/EOS/padding are left out. Windows hold token ids and activations in fixed
+activation on each; BOS/EOS/padding are left out, and massive-activation positions (`sae.massive`) never
+start a context (they may still sit inside another token's window). Windows hold token ids and activations in fixed
 [features, slots, width] arrays, so memory is set by the SAE's width, not by the corpus.
 
 Activations come from `ActivationStream` (one forward per token batch for every SAE at once, NaN checks);
@@ -34,7 +38,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice, tee
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,7 @@ from .activations import ActivationStream
 from .data import describe_source, iter_documents
 from .errors import SAEError, SAEFileError, ShapeError, run_cli
 from .io import atomic_path, write_json, write_text
+from .massive import massive_positions
 from .model import SparseAutoencoder
 
 SCHEMA = "sae.contexts/1"
@@ -126,6 +131,7 @@ class TopContexts:
     random: Slots
     titles: dict[int, str]  # document index -> title, for the documents referenced
     vocab: dict[int, str]  # token id -> its text, for the ids in the windows
+    token_bytes: dict[int, str] = field(default_factory=dict)  # token id -> its bytes (hex), where its text has U+FFFD
 
     @property
     def n_features(self) -> int:
@@ -146,6 +152,13 @@ class TopContexts:
 
     def token_text(self, ids: Iterable[int]) -> list[str]:
         return [self.vocab.get(int(i), f"<{int(i)}>") for i in ids]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of a run of tokens decoded together: a character split into byte pieces comes out whole."""
+        ids = [int(i) for i in ids]
+        raw = b"".join(bytes.fromhex(self.token_bytes[i]) if i in self.token_bytes else t.encode()
+                       for i, t in zip(ids, self.token_text(ids)))
+        return raw.decode(errors="replace")
 
     def table(self, features: Iterable[int] | None = None):
         """DataFrame, one row per kept context (feature, kind "top"/"random", rank): activation (max in
@@ -188,7 +201,8 @@ class TopContexts:
         for kind, slots in (("top", self.top), ("random", self.random)):
             tensors.update({f"{kind}.{name}": getattr(slots, name) for name in Slots.FIELDS})
         meta = {"settings": self.settings, "progress": self.progress(),
-                "titles": {str(k): v for k, v in self.titles.items()}, "vocab": {str(k): v for k, v in self.vocab.items()}}
+                "titles": {str(k): v for k, v in self.titles.items()}, "vocab": {str(k): v for k, v in self.vocab.items()},
+                "token_bytes": {str(k): v for k, v in self.token_bytes.items()}}
         with atomic_path(folder / STATE_FILE) as tmp:
             save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}, str(tmp),
                       metadata={k: json.dumps(v) for k, v in meta.items()})
@@ -221,7 +235,8 @@ class TopContexts:
         p = meta["progress"]
         return cls(meta["settings"]["sae"], meta["settings"], int(p["tokens"]), int(p["docs"]), bool(p["complete"]),
                    t["counts"], t["token_counts"], slots["top"], slots["random"],
-                   {int(k): v for k, v in meta["titles"].items()}, {int(k): v for k, v in meta["vocab"].items()})
+                   {int(k): v for k, v in meta["titles"].items()}, {int(k): v for k, v in meta["vocab"].items()},
+                   {int(k): v for k, v in meta.get("token_bytes", {}).items()})  # absent in older files
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -266,15 +281,16 @@ class _Collector:
         return not self.state.complete and self.state.tokens < budget
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor, rows: _Rows, budget: int) -> None:
-        """x [n, d]: activations of the chunk's ordinary tokens; only rows the state has not seen, up to the budget."""
+    def update(self, x: torch.Tensor, rows: _Rows, budget: int, keep: np.ndarray) -> None:
+        """x [n, d]: activations of the chunk's ordinary tokens; only rows the state has not seen, up to the
+        budget, and only tokens where `keep` [n] (massive positions are left out, `sae.massive`)."""
         s = self.state
         fresh = rows.order >= s.docs
         before = np.cumsum(np.where(fresh, rows.n_tokens, 0)) - np.where(fresh, rows.n_tokens, 0)
         take = fresh & (s.tokens + before < budget)  # documents up to the one that reaches the budget
         if not take.any():
             return
-        tok = np.flatnonzero(take[rows.tok_row])
+        tok = np.flatnonzero(take[rows.tok_row] & keep)
         t, f, v = self._active(x, tok)
         F = s.n_features
         s.counts += np.bincount(f, minlength=F)
@@ -445,8 +461,9 @@ def collect_contexts(
             raise ContextsError("pass tokenizer= with a model object (or a model name)")
         lm, label = model, model_name(model)
     hooks = {name: sae_sites(s, name)[0].hook for name, s in resolved}
+    # every ordinary position, so chunks line up with the document rows; _run leaves massive ones out
     stream = ActivationStream(lm, tokenizer, source=[], hooks=list(dict.fromkeys(hooks.values())), shuffle=False,
-                              context=context, seq_batch_size=batch_size, progress=False)
+                              context=context, seq_batch_size=batch_size, massive_factor=0, progress=False)
     for name, s in resolved:
         if s.d_in != stream.dims()[hooks[name]]:
             raise ShapeError(f"{name} reads d_in={s.d_in} but {hooks[name]} of {label} has width "
@@ -500,10 +517,12 @@ def _run(collectors: list[_Collector], stream: ActivationStream, tokenizer, data
     exhausted = True
     try:
         for chunk in stream.chunks():
-            batch = _next_rows(rows, next(iter(chunk.values())).shape[0])
+            n = next(iter(chunk.values())).shape[0]
+            batch = _next_rows(rows, n)
+            keep = ~massive_positions(chunk.values(), torch.ones(n, dtype=torch.bool)).numpy()
             for c in active:
                 if c.wants(budget):
-                    c.update(chunk[c.hook], batch, budget)
+                    c.update(chunk[c.hook], batch, budget, keep)
             now = min(c.state.tokens for c in active)
             bar.update(max(now - done, 0))
             done = now
@@ -521,7 +540,8 @@ def _run(collectors: list[_Collector], stream: ActivationStream, tokenizer, data
 
 
 def _finish(collectors: list[_Collector], titles: dict[int, str], tokenizer) -> None:
-    """Attach titles and token texts for what the windows reference, then save where a folder is set."""
+    """Attach titles, token texts and the bytes of byte pieces for what the windows reference, then save where a
+    folder is set."""
     for c in collectors:
         s = c.state
         docs = np.unique(np.concatenate([s.top.doc.ravel(), s.random.doc.ravel()]))
@@ -533,8 +553,19 @@ def _finish(collectors: list[_Collector], titles: dict[int, str], tokenizer) -> 
             used[ids[ids < len(used)]] = True
         new = [int(i) for i in np.flatnonzero(used) if int(i) not in s.vocab]
         s.vocab.update(zip(new, tokenizer.batch_decode([[i] for i in new])))
+        s.token_bytes.update(_token_bytes(tokenizer, [i for i in new if "\ufffd" in s.vocab[i]]))
         if c.folder is not None:
             s.save(c.folder)
+
+
+def _token_bytes(tokenizer, ids: list[int]) -> dict[int, str]:
+    """Hex bytes of byte-level BPE tokens (GPT-2's byte-to-character alphabet: SmolLM2, Llama 3); tokens of
+    other tokenizers are left out."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    return {i: bytes(byte_of[c] for c in t).hex() for i, t in zip(ids, tokenizer.convert_ids_to_tokens(ids))
+            if t and all(c in byte_of for c in t)}
 
 
 def top_contexts(

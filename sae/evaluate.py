@@ -8,7 +8,7 @@
     result.write("out/eval")                              # eval.csv, frequencies.csv, positions.csv, run.json
 
 Every statistic uses ordinary positions only (BOS, EOS, padding and other special tokens are masked;
-see `sae.data`). One clean forward per token batch serves every SAE, at every layer: it keeps the
+see `sae.data`; so are massive-activation positions, `sae.massive`, counted in `massive_tokens`). One clean forward per token batch serves every SAE, at every layer: it keeps the
 residual entering each layer with an SAE and the activations at every site an SAE reads or writes.
 Each splice (an SAE's reconstruction replacing its output site, special positions untouched) then
 reruns only the blocks from the SAE's layer on, from that cached residual; zero-ablation baselines run
@@ -51,6 +51,7 @@ import torch
 from .data import DEFAULT_CONTEXT, TokenBatcher, describe_source, iter_texts, resolve_context
 from .errors import SAEError, ShapeError, run_cli
 from .io import atomic_path, write_json
+from .massive import MASSIVE_FACTOR, massive_positions
 from .model import SparseAutoencoder
 from .sites import (
     Site,
@@ -74,7 +75,7 @@ _POSITION_OF_KIND = {"resid_post": "R", "attn_out": "A", "mlp_out": "M", "tc_in"
 
 EVAL_COLUMNS = [
     "sae", "model", "dataset", "mode", "arch", "layer", "position", "hook_in", "hook_out", "d_in", "d_out",
-    "n_features", "width", "k", "context", "tokens", "lm_tokens", "l0", "mse", "explained_variance_uncentred",
+    "n_features", "width", "k", "context", "tokens", "massive_tokens", "lm_tokens", "l0", "mse", "explained_variance_uncentred",
     "explained_variance_centred", "ce_clean", "ce_spliced", "delta_lm_loss", "kl_div", "ce_zero_ablation",
     "ce_loss_recovered", "frequency_tokens", "never_fired_fraction", "dead_fraction", "dense_fraction",
     "dead_window", "input_norm", "target_norm",
@@ -268,6 +269,7 @@ def evaluate(
     position_buckets: str | Sequence[int] | None = "log2",
     dead_window: int = DEAD_WINDOW,
     dense_threshold: float = DENSE_THRESHOLD,
+    massive_factor: float = MASSIVE_FACTOR,
     logit_chunk: int = 1024,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
@@ -303,7 +305,7 @@ def evaluate(
     settings = {
         "saes": [lab for lab, _ in resolved], "models": [], "datasets": [describe_source(d) for d in datasets],
         "modes": modes, "tokens": tokens, "lm_tokens": lm_tokens, "context": context, "batch_size": batch_size,
-        "pack": pack, "dead_window": dead_window, "dense_threshold": dense_threshold,
+        "pack": pack, "dead_window": dead_window, "dense_threshold": dense_threshold, "massive_factor": massive_factor,
         "torch": torch.__version__, "python": platform.python_version(),
     }
     for mod in models:
@@ -320,7 +322,8 @@ def evaluate(
             res = _evaluate_one(
                 resolved, lm, tok, label, ds, ds_label, modes=modes, tokens=tokens, lm_tokens=lm_tokens,
                 context=context, batch_size=batch_size, pack=pack, position_buckets=position_buckets,
-                dead_window=dead_window, dense_threshold=dense_threshold, logit_chunk=logit_chunk,
+                dead_window=dead_window, dense_threshold=dense_threshold, massive_factor=massive_factor,
+                logit_chunk=logit_chunk,
                 text_field=text_field, progress=progress,
             )
             for k in tables:
@@ -334,7 +337,8 @@ def evaluate(
 
 def _evaluate_one(
     resolved, model, tokenizer, model_label, dataset, dataset_label, *, modes, tokens, lm_tokens, context,
-    batch_size, pack, position_buckets, dead_window, dense_threshold, logit_chunk, text_field, progress,
+    batch_size, pack, position_buckets, dead_window, dense_threshold, massive_factor, logit_chunk, text_field,
+    progress,
 ):
     import pandas as pd
     from tqdm.auto import tqdm
@@ -367,6 +371,7 @@ def _evaluate_one(
     lm_seen = 0
     clean_ce = 0.0
     zero_ce: dict[Site, float] = {t.out: 0.0 for t in targets}
+    n_massive = 0
     started = time.perf_counter()
 
     batcher = TokenBatcher(tokenizer, context=context, batch_size=batch_size, pack=pack, max_context=runner.max_context)
@@ -391,6 +396,9 @@ def _evaluate_one(
                     prev = L + 1
                 for hook, a in acts.items():
                     check_finite(f"{hook} (model {model_label}, token batch {b})", a, mask)
+                massive = massive_positions(acts.values(), mask, massive_factor)
+                n_massive += int(massive.sum())
+                mask = mask & ~massive
                 if need_lm:
                     hidden, _ = runner.run_layers(pro, hidden, prev, runner.n_layers)
                     score = _score_mask(mask, lm_budget - lm_seen)
@@ -447,7 +455,7 @@ def _evaluate_one(
                             targets[key].kl += kl
                             targets[key].lm_n += n_lm
                     lm_seen += n_lm
-            seen += batch.n_tokens
+            seen += int(mask.sum())
             bar.update(batch.n_tokens)
     finally:
         bar.close()
@@ -471,7 +479,7 @@ def _evaluate_one(
             "layer": t.layer, "position": t.position, "hook_in": t.inp.hook, "hook_out": t.out.hook,
             "d_in": base.d_in, "d_out": base.d_out, "n_features": base.n_features,
             "width": f"{base.n_features / base.d_in:g}x", "k": base.k if t.sae.activation == "topk" else None,
-            "context": context, "tokens": n, "lm_tokens": t.lm_n,
+            "context": context, "tokens": n, "massive_tokens": n_massive, "lm_tokens": t.lm_n,
             "l0": t.l0 / n, "mse": t.sse / (n * base.d_out),
             "explained_variance_uncentred": 1 - t.sse / t.sumsq if t.sumsq > 0 else math.nan,
             "explained_variance_centred": 1 - t.sse / centred if centred > 0 else math.nan,
@@ -574,6 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "fewer tokens were evaluated (never_fired_fraction is always given)")
     p.add_argument("--dense-threshold", type=float, default=DENSE_THRESHOLD,
                    help="a feature is dense if it fires on more than this fraction of tokens")
+    p.add_argument("--massive-factor", type=float, default=MASSIVE_FACTOR,
+                   help="leave out positions whose norm at a site exceeds this many times the site's median in "
+                   "the token batch (massive activations, sae.massive), like BOS; 0 = keep all")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="model dtype (SAEs run in their own dtype, metrics in float64)")
@@ -604,6 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         position_buckets=args.position_buckets,
         dead_window=args.dead_window,
         dense_threshold=args.dense_threshold,
+        massive_factor=args.massive_factor,
         device=device,
         dtype=dtype,
         progress=not args.quiet,

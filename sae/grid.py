@@ -79,7 +79,6 @@ def sae_folder(name: str) -> Path:
 
 def train_layer(layer: int, config: GridConfig) -> list[Path]:
     """Train (or finish) one layer's SAEs; returns their folders. A layer already done is skipped."""
-    from .demo import VANILLA_L1
     from .train import latest_checkpoint
     from .train import main as train_main
 
@@ -90,7 +89,7 @@ def train_layer(layer: int, config: GridConfig) -> list[Path]:
         return folders
     argv = [f"--sae={n}" for n in names] + [
         "--tokens", str(config.train_tokens), "--distinct-tokens", str(config.distinct_tokens),
-        "--batch-size", str(config.batch_size), "--b-dec-init", "mean", "--l1", str(VANILLA_L1), "--seed", str(config.seed),
+        "--batch-size", str(config.batch_size), "--b-dec-init", "mean", "--seed", str(config.seed),
         "--threshold-tokens", str(min(32_768, config.distinct_tokens)), "--cache", "--out", str(run),
         *config.extra_train_args,
     ]

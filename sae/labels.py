@@ -6,12 +6,20 @@
     labels = label_features(ctx)            # feature, label, top_tokens, top_titles, score, n_contexts
     expl = explain_features(ctx, [12, 345]) # feature, description, score (1-5); needs SAE_EXPLAINER_URL
 
-Offline labeller: over a feature's top contexts, the activation mass on every token text (stripped,
-lower-cased) is compared with that text's frequency in the streamed corpus; tokens are ranked by their
-contribution to the KL divergence, share * log(share / corpus frequency), so a token must both carry the
-feature's activation and be rarer in the corpus than in the feature's contexts. The titles of the documents
-where it fires most come beside them. `score` is the fraction of the top contexts whose own (maximum) token
-is one of the label's tokens: 1 for a feature that always peaks on the same words, near 0 for a diffuse one.
+Offline labeller: labels are words. A word of a context window is a run of tokens that starts at a token
+whose text starts with a space or punctuation, after one that ends with them, or after a gap (document edge,
+special token); its tokens are decoded together (`TopContexts.decode`), so a character that byte-level BPE
+splits into pieces comes out whole. Over a feature's top contexts, the activation mass on every word
+(stripped, lower-cased; the mass of a token goes to its word) is compared with that word's frequency in the
+streamed corpus, and words are ranked by their contribution to the KL divergence, share * log(share / corpus
+frequency), so a word must both carry the feature's activation and be rarer in the corpus than in the
+feature's contexts. The corpus is counted in tokens, so its word counts are bounds: a word occurs at most as
+often as its rarest token (over how often that token occurs in the word), and the corpus's word count is
+that of its tokens whose text starts a word (among the token ids in the windows) plus one per document.
+Words with U+FFFD, made only of punctuation and spaces, or cut by the window's start are never labels. The
+titles of the documents where it fires most come beside them. `score` is the fraction of the top contexts
+whose own (maximum) token lies in one of the label's words: 1 for a feature that always peaks on the same
+words, near 0 for a diffuse one.
 
 LLM explainer (the Llama Scope paper's App. D protocol): the 20 top contexts, each written as `<START>`,
 one `token<TAB>activation` line per token (activations scaled to integers 0-10 by the feature's maximum)
@@ -26,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -51,6 +60,72 @@ def _norm(text: str) -> str:
     return text.strip().lower()
 
 
+def _boundary(ch: str) -> bool:
+    return ch.isspace() or unicodedata.category(ch).startswith("P")
+
+
+def _readable(word: str) -> bool:
+    """A possible label: no U+FFFD (a character's byte pieces), and more than punctuation and spaces."""
+    return "\ufffd" not in word and not all(_boundary(ch) for ch in word)
+
+
+def _edges(contexts: TopContexts) -> tuple[np.ndarray, np.ndarray]:
+    """Per token id, whether its text starts a word (begins with a space or punctuation) and whether it
+    ends one (ends with them); one more entry, for the -1 gaps in windows, is True in both."""
+    ids = list(contexts.vocab)
+    opens, closes = np.zeros((2, max(ids, default=-1) + 2), bool)
+    for i, t in zip(ids, contexts.token_text(ids)):
+        opens[i], closes[i] = bool(t) and _boundary(t[0]), bool(t) and _boundary(t[-1])
+    opens[-1] = closes[-1] = True
+    return opens, closes
+
+
+def _word_spans(tok: np.ndarray, opens: np.ndarray, closes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[..., W] windows of token ids (-1 gaps) -> the start and end (exclusive) of every token's word in its
+    window; start is -1 for a word cut by the window's start (its first token does not start a word)."""
+    W = tok.shape[-1]
+    new = opens[tok]
+    new[..., 1:] |= closes[tok[..., :-1]]
+    col = np.arange(W)
+    start = np.maximum.accumulate(np.where(new, col, 0), axis=-1)
+    after = np.concatenate([new[..., 1:], np.ones_like(new[..., :1])], axis=-1)
+    end = np.minimum.accumulate(np.where(after, col + 1, W)[..., ::-1], axis=-1)[..., ::-1]
+    return np.where((start == 0) & ~new[..., :1], -1, start), end
+
+
+def _words(contexts: TopContexts, tok: np.ndarray, start: np.ndarray, end: np.ndarray,
+           at: tuple[np.ndarray, ...]) -> tuple[list[tuple[int, ...]], list[str]]:
+    """The token runs and texts (stripped, lower-cased; "" when cut) of the words at positions `at` of tok."""
+    runs = [tuple(tok[f, s, a:b].tolist()) if a >= 0 else () for f, s, a, b in zip(*at[:2], start[at], end[at])]
+    text = {r: _norm(contexts.decode(r)) for r in set(runs)}
+    return runs, [text[r] for r in runs]
+
+
+def _corpus_count(token_counts: np.ndarray, run: tuple[int, ...]) -> int:
+    """How often a word occurs in the corpus, at most: its rarest token's count over that token's count in it
+    (at least 1: a window holds it, even where the corpus count leaves its tokens out)."""
+    return max(min(int(token_counts[i]) // run.count(i) for i in set(run)), 1)
+
+
+def _ranked_words(contexts: TopContexts, tok: np.ndarray, act: np.ndarray, start: np.ndarray, end: np.ndarray,
+                  n_words: int, n_top: int) -> pd.Series:
+    """Per row of tok [n, slots, W] (the features' windows, activations act): its n_top readable words by
+    share * log(share / corpus frequency), the corpus frequency of a word being its count over n_words."""
+    on = np.nonzero((tok >= 0) & (act > 0))
+    runs, words = _words(contexts, tok, start, end, on)
+    frame = pd.DataFrame({"f": on[0], "word": words, "run": runs, "mass": act[on].astype(np.float64)})
+    frame["share"] = frame["mass"] / frame.groupby("f")["mass"].transform("sum")
+    frame = frame[frame["word"].isin({w for w in set(words) if _readable(w)})]
+    share = frame.groupby(["f", "word"])["share"].sum()
+    variants = frame.drop_duplicates(["f", "run"])  # the runs of tokens that spell each word
+    count = {r: _corpus_count(contexts.token_counts, r) for r in set(variants["run"])}
+    variants = variants.assign(count=[count[r] for r in variants["run"]])
+    corpus = variants.groupby(["f", "word"])["count"].sum()
+    kl = (share * np.log(share * n_words / corpus)).rename("kl").reset_index()
+    kl = kl[kl["kl"] > 0].sort_values(["f", "kl"], ascending=[True, False]).groupby("f").head(n_top)
+    return kl.groupby("f")["word"].apply(list)
+
+
 def label_features(
     contexts: TopContexts,
     *,
@@ -59,46 +134,30 @@ def label_features(
     n_titles: int = 3,
     n_label_tokens: int = 3,
 ) -> pd.DataFrame:
-    """One row per feature: label ("tok, tok, tok (Title; Title)"), top_tokens and top_titles (joined
-    with ", " and "; "), score (share of top contexts peaking on a label token; NaN without contexts),
-    n_contexts. Features that never fired get an empty label."""
-    F = contexts.n_features
-    feats = np.arange(F) if features is None else np.asarray(list(features), np.int64)
+    """One row per feature: label ("word, word, word (Title; Title)"), top_tokens (its top n_tokens words) and
+    top_titles (joined with ", " and "; "), score (share of top contexts peaking in a label word; NaN without
+    contexts), n_contexts. Features that never fired get an empty label."""
+    feats = np.arange(contexts.n_features) if features is None else np.asarray(list(features), np.int64)
     top = contexts.top
-    # token texts -> keys (stripped, lower-cased); every id seen in a window has a text
-    ids = np.array(sorted(contexts.vocab), np.int64)
-    key_text, key_of = np.unique([_norm(contexts.vocab[int(i)]) for i in ids], return_inverse=True)
-    id_to_key = np.full(max(int(ids.max()) + 1 if len(ids) else 1, len(contexts.token_counts)), -1, np.int64)
-    id_to_key[ids] = key_of
-    background = np.bincount(key_of, weights=contexts.token_counts[ids] if len(ids) else None,
-                             minlength=len(key_text))
-    p_bg = (background + 1.0) / (background.sum() + len(key_text))  # add-one smoothing
-
-    tok, act = top.tokens[feats], top.acts[feats]  # [n, slots, W]
-    on = (tok >= 0) & (act > 0)
-    f_loc, _, _ = np.nonzero(on)
-    frame = pd.DataFrame({"f": f_loc, "key": id_to_key[tok[on]], "mass": act[on].astype(np.float64)})
-    mass = frame.groupby(["f", "key"], sort=False)["mass"].sum().reset_index()
-    mass["share"] = mass["mass"] / mass.groupby("f")["mass"].transform("sum")
-    mass["kl"] = mass["share"] * np.log(mass["share"] / p_bg[mass["key"]])
-    mass = mass[mass["kl"] > 0].sort_values(["f", "kl"], ascending=[True, False]).groupby("f").head(n_tokens)
-    words = mass.groupby("f")["key"].apply(list)
-
-    before = contexts.window[0]
-    peak_key = id_to_key[np.where(top.tokens[feats, :, before] >= 0, top.tokens[feats, :, before], 0)]  # [n, slots]
+    tok = top.tokens[feats]  # [n, slots, W]
+    opens, closes = _edges(contexts)
+    start, end = _word_spans(tok, opens, closes)
+    n_words = int(contexts.token_counts[: len(opens) - 1][opens[:-1]].sum()) + contexts.docs
+    ranked = _ranked_words(contexts, tok, top.acts[feats], start, end, n_words, n_tokens)
     filled = top.doc[feats] >= 0
+    f_ctx, s_ctx = np.nonzero(filled)
+    _, peaks = _words(contexts, tok, start, end, (f_ctx, s_ctx, np.full(len(f_ctx), contexts.window[0])))
+    peaks_of = pd.Series(peaks, dtype=object).groupby(f_ctx).apply(list)
     rows = []
     for j, f in enumerate(feats):
-        keys = words.get(j, [])
-        toks = [key_text[k] for k in keys]
+        top_words, peak = ranked.get(j, []), peaks_of.get(j, [])
         titles = list(dict.fromkeys(contexts.titles.get(int(d), "") for d in top.doc[f][filled[j]]))
         titles = [t for t in titles if t][:n_titles]
-        n_ctx = int(filled[j].sum())
-        score = float(np.isin(peak_key[j][filled[j]], keys[:n_label_tokens]).mean()) if n_ctx else np.nan
-        label = ", ".join(t or repr(t) for t in toks[:n_label_tokens])
+        score = float(np.mean([w in top_words[:n_label_tokens] for w in peak])) if peak else np.nan
+        label = ", ".join(top_words[:n_label_tokens])
         if titles:
             label += f" ({'; '.join(titles[:2])})"
-        rows.append((int(f), label, ", ".join(toks), "; ".join(titles), score, n_ctx))
+        rows.append((int(f), label, ", ".join(top_words), "; ".join(titles), score, len(peak)))
     return pd.DataFrame(rows, columns=LABEL_COLUMNS)
 
 

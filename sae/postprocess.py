@@ -5,10 +5,18 @@ in `meta.provenance`):
 1. fold the dataset-wise normalisation into the weights (`SparseAutoencoder.fold_scales`), so the SAE
    reads raw activations and returns raw units;
 2. rescale every feature so its decoder row has norm 1 (`set_unit_decoder_norms`; outputs unchanged);
-3. JumpReLU with one global threshold: the (N x k)-th largest pre-activation over N tokens (default
-   N = 32,768, special tokens already removed by the stream), so the mean L0 on those tokens is k.
+3. JumpReLU thresholds from N calibration tokens (default N = 32,768; special and massive positions
+   already removed by the stream), by one of two calibrations:
+   - `global` (the paper's): one threshold, the (N x k)-th largest pre-activation over the N tokens,
+     so the mean L0 on those tokens is k;
+   - `per-feature`: feature i gets the threshold at which it fires on exactly as many of the N tokens as
+     TopK selects it (n_i): midway between its n_i-th and (n_i+1)-th largest pre-activation, at least 0
+     (a feature TopK never selects gets its largest pre-activation). The mean L0 is again k, and every
+     feature keeps its TopK firing rate, so a token where many features sit just above one global
+     threshold no longer gets hundreds of them.
 `k` stays in the saved SAE: `sae.activation = "topk"` gives TopK inference back.
-L0, MSE and explained variance are reported in both inference modes.
+L0 (mean and per-token 5th / 50th / 95th percentiles), MSE and explained variance are reported in both
+inference modes.
 """
 
 from __future__ import annotations
@@ -24,21 +32,25 @@ import torch
 
 from .errors import SAEError, run_cli
 from .io import write_json
+from .evaluate import inference_variant
 from .model import SparseAutoencoder
 from .train import _as_dict
 
 DEFAULT_TOKENS = 32_768
+CALIBRATIONS = ("global", "per-feature")
 
 
 @dataclass
 class PostprocessResult:
     sae: SparseAutoencoder  # JumpReLU, raw units, unit decoder rows, k kept
-    threshold: float
+    threshold: float  # the global (paper's) threshold, whichever calibration the SAE carries
     n_tokens: int
-    report: Any  # pandas DataFrame: one row per inference mode (topk, jumprelu)
+    report: Any  # pandas DataFrame: one row per inference mode (topk, jumprelu (global), jumprelu (per-feature))
+    calibration: str = "global"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "n_tokens": self.n_tokens, "report": self.report.to_dict("records")}
+        return {"threshold": self.threshold, "calibration": self.calibration, "n_tokens": self.n_tokens,
+                "report": self.report.to_dict("records")}
 
 
 def fold_and_normalise(sae: SparseAutoencoder) -> SparseAutoencoder:
@@ -93,31 +105,68 @@ def jumprelu_threshold(sae: SparseAutoencoder, xs: list[torch.Tensor], k: int, c
 
 
 @torch.no_grad()
+def feature_thresholds(sae: SparseAutoencoder, xs: list[torch.Tensor], block: int = 512) -> torch.Tensor:
+    """[F] per-feature JumpReLU thresholds: feature i fires (pre > theta_i) on as many of the tokens in xs
+    as TopK at `sae.k` selects it. `sae` must have unit decoder rows (TopK then ranks by pre-activation)."""
+    topk = inference_variant(sae, "topk")
+    counts = torch.zeros(sae.n_features, dtype=torch.long, device=sae.W_enc.device)
+    for x in xs:
+        code = topk.encode_sparse(x)
+        counts += torch.bincount(code.indices[code.values > 0], minlength=sae.n_features)
+    x_all = torch.cat(xs)
+    theta = torch.empty(sae.n_features, device=sae.W_enc.device)
+    for s in range(0, sae.n_features, block):
+        n = counts[s : s + block]
+        pre = x_all @ sae.W_enc[:, s : s + block] + sae.b_enc[s : s + block]  # [N, block]
+        m = min(int(n.max()) + 1, pre.shape[0])
+        top = pre.topk(m, dim=0).values  # [m, block], descending
+        nth = top.gather(0, (n - 1).clamp_min(0)[None]).squeeze(0)  # n_i-th largest
+        next_ = top.gather(0, n.clamp_max(m - 1)[None]).squeeze(0)  # (n_i+1)-th largest
+        mid = torch.where(n >= pre.shape[0], torch.zeros_like(nth), (nth + next_) / 2)  # fires everywhere: 0
+        theta[s : s + block] = torch.where(n > 0, mid, top[0]).clamp_min(0.0)
+    return theta
+
+
+@torch.no_grad()
 def inference_stats(sae: SparseAutoencoder, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> dict[str, float]:
-    """Mean L0, MSE (raw units, per element), explained variance (centred, pooled; and uncentred)."""
-    l0 = sq = tot = tot_u = 0.0
+    """Mean L0 and its per-token 5th/50th/95th percentiles, MSE (raw units, per element), explained
+    variance (centred, pooled; and uncentred), the fractions of features that never fire and that fire
+    on more than 10% of the tokens (the definitions of `sae.evaluate`)."""
+    sq = tot = tot_u = 0.0
     n = numel = 0
     mean = torch.cat(ys).mean(0)
+    per_token = []
+    fires = torch.zeros(sae.n_features, dtype=torch.long, device=sae.W_enc.device)
     for x, y in zip(xs, ys):
         code = sae.encode_sparse(x)
         y_hat = sae.decode(code)
-        l0 += float((code.values > 0).sum())
+        per_token.append((code.values > 0).sum(-1).cpu())
+        fires += torch.bincount(code.indices[code.values > 0], minlength=sae.n_features)
         sq += float((y_hat - y).pow(2).sum())
         tot += float((y - mean).pow(2).sum())
         tot_u += float(y.pow(2).sum())
         n += x.shape[0]
         numel += y.numel()
-    return {"l0": l0 / n, "mse": sq / numel, "ev": 1 - sq / tot, "ev_uncentred": 1 - sq / tot_u, "tokens": n}
+    l0 = torch.cat(per_token).double()
+    p05, p50, p95 = torch.quantile(l0, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)).tolist()
+    return {"l0": float(l0.mean()), "l0_p05": p05, "l0_median": p50, "l0_p95": p95, "mse": sq / numel,
+            "ev": 1 - sq / tot, "ev_uncentred": 1 - sq / tot_u, "tokens": n,
+            "never_fired": float((fires == 0).double().mean()), "dense": float((fires > 0.1 * n).double().mean())}
 
 
-def postprocess(sae: SparseAutoencoder, activations: Any, *, n_tokens: int = DEFAULT_TOKENS, k: int | None = None) -> PostprocessResult:
-    """Fold, unit-normalise and convert a trained TopK SAE to JumpReLU; report both inference modes.
+def postprocess(sae: SparseAutoencoder, activations: Any, *, n_tokens: int = DEFAULT_TOKENS, k: int | None = None,
+                calibration: str = "global") -> PostprocessResult:
+    """Fold, unit-normalise and convert a trained TopK SAE to JumpReLU; report TopK and both calibrations.
 
     activations: raw activations (a tensor, a dict hook -> tensor, or an iterable of either, e.g. the
     activation stream) holding the SAE's sites (`meta.hook_in`/`hook_out`; a bare tensor is hook "x").
+    calibration: "global" (the paper's one threshold) or "per-feature" (each feature's TopK firing
+    rate); the returned SAE carries that one, the report shows both.
     """
     import pandas as pd
 
+    if calibration not in CALIBRATIONS:
+        raise SAEError(f"calibration must be one of {', '.join(CALIBRATIONS)}, not {calibration!r}")
     k = k or sae.k
     if not k:
         raise SAEError("the threshold needs k (the SAE has none): pass k=")
@@ -135,23 +184,27 @@ def postprocess(sae: SparseAutoencoder, activations: Any, *, n_tokens: int = DEF
     got = sum(x.shape[0] for x in xs)
     if got == 0:
         raise SAEError("no activations to compute the JumpReLU threshold on")
-    theta = jumprelu_threshold(out, xs, k)
-    rows = []
     out.k = k
     out.activation = "topk"
-    rows.append({"mode": "topk", **inference_stats(out, xs, ys)})
+    theta = jumprelu_threshold(out, xs, k)
+    thresholds = {"global": torch.full_like(out.threshold, theta), "per-feature": feature_thresholds(out, xs)}
+    rows = [{"mode": "topk", **inference_stats(out, xs, ys)}]
     out.activation = "jumprelu"
-    out.threshold.fill_(theta)
-    rows.append({"mode": "jumprelu", **inference_stats(out, xs, ys)})
-    out.meta.provenance = {**out.meta.provenance, "jumprelu_threshold": theta, "threshold_tokens": got}
+    for name, values in thresholds.items():
+        out.threshold.copy_(values)
+        rows.append({"mode": f"jumprelu ({name})", **inference_stats(out, xs, ys)})
+    out.threshold.copy_(thresholds[calibration])
+    out.meta.provenance = {**out.meta.provenance, "jumprelu_threshold": theta, "threshold_tokens": got,
+                           "threshold_calibration": calibration}
     report = pd.DataFrame(rows)
     report.insert(0, "sae", out.meta.name)
-    return PostprocessResult(out, theta, got, report)
+    return PostprocessResult(out, theta, got, report, calibration)
 
 
-def postprocess_to(sae: SparseAutoencoder, activations: Any, folder: str | Path, *, n_tokens: int = DEFAULT_TOKENS) -> PostprocessResult:
+def postprocess_to(sae: SparseAutoencoder, activations: Any, folder: str | Path, *, n_tokens: int = DEFAULT_TOKENS,
+                   calibration: str = "global") -> PostprocessResult:
     """postprocess() and write the JumpReLU SAE (native format) and postprocess.json to `folder`."""
-    result = postprocess(sae, activations, n_tokens=n_tokens)
+    result = postprocess(sae, activations, n_tokens=n_tokens, calibration=calibration)
     result.sae.save(folder)
     write_json(Path(folder) / "postprocess.json", result.to_dict())
     return result
@@ -180,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("trained", type=Path, help="a trained SAE folder (RUN/NAME/trained, or RUN/NAME holding trained/)")
     p.add_argument("--out", type=Path, help="where to write the JumpReLU SAE (default: the SAE's run folder, RUN/NAME)")
     p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="N, tokens for the threshold (default 32768)")
+    p.add_argument("--calibration", choices=CALIBRATIONS, default="global",
+                   help="global: one threshold, mean L0 = k (the paper); per-feature: each feature keeps its TopK "
+                   "firing rate on the N tokens")
     add_data_arguments(p, default_dataset=None)
     args = p.parse_args(argv)
     folder = _trained_folder(args.trained)
@@ -187,9 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or folder.parent
     hooks = [h for h in dict.fromkeys([sae.meta.hook_in or "x", sae.meta.hook_out or sae.meta.hook_in or "x"])]
     source = open_source(args, hooks, batch_size=min(args.tokens, 4096), max_tokens=args.tokens, seed=args.seed + 1)
-    result = postprocess_to(sae, source, out, n_tokens=args.tokens)
+    result = postprocess_to(sae, source, out, n_tokens=args.tokens, calibration=args.calibration)
     print(result.report.to_string(index=False))
-    print(f"threshold {result.threshold:.6g} over {result.n_tokens} tokens; JumpReLU SAE written to {out}")
+    print(f"{args.calibration} thresholds over {result.n_tokens} tokens (global: {result.threshold:.6g}); "
+          f"JumpReLU SAE written to {out}")
     return 0
 
 

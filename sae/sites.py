@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .errors import SAEError, ShapeError
+from .precision import resolve_dtype
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "tc_in")
@@ -388,11 +389,14 @@ def model_name(model: torch.nn.Module) -> str:
     return getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
 
 
-def load_model(spec: str = "embedded", *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+def load_model(spec: str = "embedded", *, device: str | torch.device | None = None,
+               dtype: torch.dtype | str | None = None):
     """(model, tokenizer, label) for `embedded` or an HF model folder / hub name (no remote code).
 
-    The model is in eval mode with gradients off; its architecture is checked (SiteRunner).
+    dtype: a torch dtype, a name, "auto" (bfloat16 where the hardware has fast bf16, `sae.precision`)
+    or None (float32). The model is in eval mode with gradients off; its architecture is checked.
     """
+    dtype = resolve_dtype(dtype, device)
     if spec in ("embedded", "embedded:smollm2"):
         from .embedded import MODEL_NAME, load_model as load_embedded
 

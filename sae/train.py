@@ -50,6 +50,8 @@ from .formats.tensors import read_json, read_tensors, write_tensors
 from .io import write_json
 from .model import SAEMeta, SparseAutoencoder
 from .parallel import PARAM_NAMES, SHARD_DIMS, Sharding
+from .massive import MASSIVE_FACTOR
+from .precision import DTYPE_CHOICES, resolve_dtype
 
 # Vanilla (ReLU + L1) default: lambda multiplies mean_tokens(sum_i f_i ||W_dec,i||) against the
 # per-element MSE in normalised space. Measured on the embedded model's L15R (8x, 60 steps x 2,048 tokens):
@@ -467,7 +469,7 @@ class _Job:
         self.opt = torch.optim.Adam(
             self.opt_params, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps, fused=fused
         )
-        self.score_dtype = _score_dtype(config.score_dtype, sae.W_enc.device)
+        self.score_dtype = resolve_dtype(config.score_dtype, sae.W_enc.device)
         self.last_fired = torch.full((sae.n_features,), -1, dtype=torch.long, device=sae.W_enc.device)
         self.acc: dict[str, tuple[float, int]] = {}
 
@@ -631,21 +633,6 @@ class _Job:
         out = {key: total / n for key, (total, n) in self.acc.items()}
         self.acc = {}
         return out
-
-
-def _score_dtype(choice: str, device: torch.device) -> torch.dtype:
-    if choice == "float32":
-        return torch.float32
-    if choice == "bfloat16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device.type == "cpu":
-        try:
-            return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
-        except (AttributeError, RuntimeError):
-            return torch.float32
-    return torch.float32
 
 
 def _exact_pre(idx, scores, n, x, W_enc, b_enc, dtype) -> torch.Tensor:
@@ -1100,7 +1087,15 @@ def add_data_arguments(p: argparse.ArgumentParser, default_dataset: str | None =
                    help="SyntheticConfig fields for --dataset synthetic, e.g. d=64,n_parents=64")
     g.add_argument("--activations", type=Path, help="a safetensors file of activations keyed by hook name (or 'x'); "
                    "overrides --model/--dataset")
-    g.add_argument("--context", type=int, default=1024, help="tokens per document (truncation), default 1024")
+    g.add_argument("--context", type=int, default=1024,
+                   help="tokens per row (packed rows, or per document with --no-pack), default 1024")
+    g.add_argument("--no-pack", action="store_true",
+                   help="one document per row, right-padded (default: documents packed into full rows)")
+    g.add_argument("--model-dtype", choices=DTYPE_CHOICES, default="auto",
+                   help="dtype of the language model: auto = bfloat16 where the hardware has fast bf16 "
+                   "(AVX512-BF16/AMX CPUs, CUDA), float32 elsewhere")
+    g.add_argument("--massive-factor", type=float, default=MASSIVE_FACTOR,
+                   help="leave out positions whose norm exceeds this many times the site's median (sae.massive); 0 = keep all")
     g.add_argument("--cache", action="store_true", help="cache activations on disk (later runs and resumes skip the model)")
     g.add_argument("--buffer-tokens", type=_parse_count, default=65_536,
                    help="shuffle buffer of the activation stream, per process (default 65,536, Llama Scope's)")
@@ -1134,7 +1129,8 @@ def open_source(args: argparse.Namespace, hooks: list[str], *, batch_size: int, 
     # a sample of N tokens: one buffer, not 65,536
     buffer = max_tokens if max_tokens else getattr(args, "buffer_tokens", 65_536)
     return ActivationStream(model, tokenizer, source=args.dataset, hooks=hooks, batch_size=batch_size,
-                            max_tokens=max_tokens, context=args.context, seed=seed, buffer_tokens=buffer,
+                            max_tokens=max_tokens, context=args.context, pack=not args.no_pack, seed=seed,
+                            buffer_tokens=buffer, model_dtype=args.model_dtype, massive_factor=args.massive_factor,
                             cache=True if args.cache else None, device=args.device, shard=shard,
                             progress=not getattr(args, "quiet", False) and shard[0] == 0)
 
@@ -1241,6 +1237,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the model runs only for the first); default: every training token is new")
     r.add_argument("--no-postprocess", action="store_true", help="skip folding + unit norms + JumpReLU at the end")
     r.add_argument("--threshold-tokens", type=int, default=32_768, help="N for the JumpReLU threshold (32768)")
+    r.add_argument("--threshold-calibration", choices=("global", "per-feature"), default="global",
+                   help="JumpReLU thresholds: global (one, mean L0 = k: the paper) or per-feature (each feature's "
+                   "TopK firing rate); see python -m sae.postprocess")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     add_data_arguments(p)
     return p
@@ -1317,8 +1316,8 @@ def _train_and_postprocess(args: argparse.Namespace, specs: list[SAESpec], confi
             fold_and_normalise(sae).save(folder)
             print(f"{name}: vanilla SAE folded to raw units with unit decoder norms -> {folder}")
             continue
-        res = postprocess_to(sae, acts, folder, n_tokens=args.threshold_tokens)
-        print(f"{name}: JumpReLU threshold {res.threshold:.5g} over {res.n_tokens} tokens -> {folder}")
+        res = postprocess_to(sae, acts, folder, n_tokens=args.threshold_tokens, calibration=args.threshold_calibration)
+        print(f"{name}: {res.calibration} JumpReLU thresholds over {res.n_tokens} tokens -> {folder}")
         print(res.report.to_string(index=False))
     return 0
 

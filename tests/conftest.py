@@ -105,7 +105,7 @@ def tiny_corpus():
 
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
-TINY_DEMO_ARGS = "--tokens 4096 --distinct-tokens 2048 --eval-tokens 512 --lm-tokens 128"
+TINY_DEMO_ARGS = "--distinct-tokens 2048 --epochs 2 --threshold-tokens 2048 --eval-tokens 512 --lm-tokens 128"
 
 
 @pytest.fixture(scope="session")

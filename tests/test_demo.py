@@ -7,6 +7,9 @@ import json
 import os
 import subprocess
 
+import argparse
+from types import SimpleNamespace
+
 import pandas as pd
 import pytest
 
@@ -20,7 +23,10 @@ def test_make_demo_end_to_end(tiny_demo):
     for name, n in (("L15R-8x", 4608), ("L15R-32x", 18432), ("L15R-8x-Vanilla", 4608)):
         cfg = json.loads((suite / name / "cfg.json").read_text())
         assert cfg["d_sae"] == n and cfg["d_in"] == 576
-    assert json.loads((suite / "build.json").read_text()) == {"tokens": 4096, "distinct_tokens": 2048}
+    built = json.loads((suite / "build.json").read_text())
+    assert (built["distinct_tokens"], built["epochs"], built["calibration"]) == (2048, 2, "per-feature")
+    postprocessed = json.loads((suite / "L15R-8x" / "postprocess.json").read_text())
+    assert postprocessed["calibration"] == "per-feature" and postprocessed["n_tokens"] == 2048
     full = pd.read_csv(out / "eval" / "eval.csv")
     assert sorted(full.loc[full["mode"] == "topk", "sae"]) == ["L15R-32x", "L15R-8x"]  # the vanilla SAE has no k
     assert (full.loc[full["mode"] == "topk", "l0"] <= 50 + 1e-9).all()
@@ -64,37 +70,61 @@ def test_second_demo_run_reuses_the_suite(tiny_demo):
     assert (out / "again" / "eval" / "eval.csv").stat().st_mtime_ns == written
 
 
+class _FakeStream:
+    massive_tokens = 0
+
+    def n_tokens(self):
+        return 8192
+
+
 def _fake_training(calls: list, root):
-    """Stands in for `sae.train.main` to record what the demo asks for (the decisions, not training)."""
-    def run(argv):
-        calls.append(argv)
+    """Stands in for `sae.train.train` to record what the demo asks for (the decisions, not training)."""
+    def run(source, specs, config, *, out_dir, resume):
+        calls.append((config.total_tokens, resume))
         (root / "checkpoint" / "step_1").mkdir(parents=True, exist_ok=True)
         (root / "checkpoint" / "step_1" / "state.json").write_text("{}")
         for name in ("L15R-8x", "L15R-32x", "L15R-8x-Vanilla"):
             (root / name).mkdir(exist_ok=True)
             (root / name / "cfg.json").write_text("{}")
+        return SimpleNamespace(saes={}, steps=1, tokens_per_second=1.0)
     return run
 
 
-def test_build_suite_resumes_same_budget_and_restarts_another(tmp_path, monkeypatch):
-    import sae.train
+def test_build_suite_resumes_same_settings_and_restarts_other(tmp_path, monkeypatch):
     from sae import demo
 
     monkeypatch.setenv("SAE_CACHE", str(tmp_path))
     root = tmp_path / "demo"
     calls: list = []
-    monkeypatch.setattr(sae.train, "main", _fake_training(calls, root))
-    monkeypatch.setattr(sae.train, "latest_checkpoint",
+    monkeypatch.setattr(demo, "train", _fake_training(calls, root))
+    monkeypatch.setattr(demo, "training_stream", lambda settings: _FakeStream())
+    monkeypatch.setattr(demo, "first_tokens", lambda *a: {})
+    monkeypatch.setattr(demo, "latest_checkpoint",
                         lambda r: next(iter(sorted((r / "checkpoint").glob("step_*"))), None) if (r / "checkpoint").is_dir() else None)
 
-    demo.build_suite(8192, 4096)
-    assert "--resume" not in calls[-1] and calls[-1][calls[-1].index("--tokens") + 1] == "8192"
-    demo.build_suite(8192, 4096)  # built: no training at all
+    demo.build_suite(demo.DemoSettings(epochs=1))
+    assert calls[-1] == (8192, False)  # one epoch over the 8,192-token split
+    demo.build_suite(demo.DemoSettings(epochs=1))  # built: no training at all
     assert len(calls) == 1
-    (root / "L15R-32x" / "cfg.json").unlink()  # interrupted with the same budget: resume
-    demo.build_suite(8192, 4096)
-    assert "--resume" in calls[-1]
+    (root / "L15R-32x" / "cfg.json").unlink()  # interrupted with the same settings: resume
+    demo.build_suite(demo.DemoSettings(epochs=1))
+    assert calls[-1] == (8192, True)
     (root / "L15R-8x" / "stale").write_text("x")
-    demo.build_suite(16384, 4096)  # another budget: the old suite is removed, training starts anew
-    assert "--resume" not in calls[-1] and not (root / "L15R-8x" / "stale").exists()
-    assert json.loads((root / "build.json").read_text()) == {"tokens": 16384, "distinct_tokens": 4096}
+    demo.build_suite(demo.DemoSettings(epochs=2))  # other settings: the old suite is removed, training starts anew
+    assert calls[-1] == (16384, False) and not (root / "L15R-8x" / "stale").exists()
+    assert json.loads((root / "build.json").read_text())["epochs"] == 2
+
+
+def test_demo_settings_come_from_flags_and_environment(monkeypatch):
+    from sae import demo
+
+    monkeypatch.setenv("DEMO_EPOCHS", "3")
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser, demo.DemoSettings, env_prefix="DEMO_")
+    settings = demo.from_arguments(demo.DemoSettings, parser.parse_args(["--lr", "1e-3", "--aux-k", "0"]))
+    assert (settings.epochs, settings.lr, settings.aux_k, settings.calibration) == (3.0, 1e-3, 0, "per-feature")
+    monkeypatch.setenv("DEMO_BATCH_SIZE", "1.5")
+    with pytest.raises(demo.SAEError, match=r"\$DEMO_BATCH_SIZE: expected a whole number"):
+        demo.add_arguments(argparse.ArgumentParser(), demo.DemoSettings, env_prefix="DEMO_")
+    with pytest.raises(demo.SAEError, match="epochs and lr must be positive"):
+        demo.DemoSettings(lr=-1.0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sae.contexts import top_contexts
+from sae.contexts import TopContexts, top_contexts
 from sae.labels import ExplainerError, explain_features, format_contexts, label_features, parse_reply
 from sae.model import SAEMeta, SparseAutoencoder
 
@@ -53,10 +53,11 @@ def test_labeller_finds_planted_words_and_titles(tiny_llama):
     labels = label_features(ctx)
     assert list(labels.columns[:5]) == ["feature", "label", "top_tokens", "top_titles", "score"]
     z_row, q_row, dead = labels.iloc[0], labels.iloc[1], labels.iloc[2]
-    assert z_row.top_tokens.split(", ")[0] == "z" and z_row.score == 1.0 and z_row.n_contexts == 3
+    # the tiny tokenizer has one token per byte: the feature fires on each "Z" and labels the whole word
+    assert z_row.top_tokens.split(", ")[0] == "zz" and z_row.score == 1.0 and z_row.n_contexts == 3
     assert z_row.top_titles == "Article 3; Article 11; Article 17"  # equal maxima: the document read first
-    assert z_row.label == "z (Article 3; Article 11)"
-    assert q_row.top_tokens == "q" and q_row.top_titles == "Article 5"
+    assert z_row.label == "zz (Article 3; Article 11)"
+    assert q_row.top_tokens == "qqq" and q_row.top_titles == "Article 5"
     assert dead.label == "" and np.isnan(dead.score) and dead.n_contexts == 0
     assert label_features(ctx, features=[1]).equals(labels.iloc[[1]].reset_index(drop=True))
 
@@ -74,6 +75,51 @@ def test_labeller_on_the_embedded_model(smollm2):
     labels = label_features(ctx)
     assert labels.label.tolist()[:2] == ["pandemic (Article 1; Article 6)", "famine (Article 2; Article 14)"]
     assert labels.score.tolist()[:2] == [1.0, 1.0]
+
+
+def test_labels_rank_whole_words_by_their_corpus_frequency(tiny_llama, tmp_path):
+    """A feature on "Z" inside four words (one token per byte here, so "É" is two pieces that decode to
+    U+FFFD alone): the words rank by share * log(share / frequency) with word counts of the corpus, equal
+    to an independent count over the documents' words (each word has a letter of its own, so the bound by
+    its rarest token is its count); score is the share of contexts peaking in a label word."""
+    model, tok = tiny_llama
+    where = {"JZ": [1, 4, 9, 13], "KZZZK": [6], "VZ": [2, 20], "ÉZ": [15]}
+    assert all(tok.decode([i]) == "\ufffd" for i in tok("É", add_special_tokens=False)["input_ids"])
+    docs = planted_corpus(list(where), where)
+    ctx = top_contexts(detector_sae(model, tok.convert_tokens_to_ids(["Z"])), model=model, tokenizer=tok,
+                       dataset=docs, n_top=20, context=256, shuffle=False, progress=False)
+    assert ctx.counts[0] == sum(d["text"].count("Z") for d in docs)  # it fires on "Z" alone
+    corpus = [w.lower() for d in docs for w in d["text"].split()]
+    mass = {w.lower(): len(at) * w.count("Z") for w, at in where.items()}
+    kl = {w: m / sum(mass.values()) * np.log(m / sum(mass.values()) / (corpus.count(w) / len(corpus)))
+          for w, m in mass.items()}
+    ranked = sorted(kl, key=kl.get, reverse=True)
+    row = label_features(ctx).iloc[0]
+    assert row.top_tokens == ", ".join(ranked) and "éz" in ranked
+    peaks = [w.lower() for w, at in where.items() for _ in at]  # one context per document, on its word
+    assert row.n_contexts == len(peaks) and row.score == np.mean([w in ranked[:3] for w in peaks]) < 1
+    assert label_features(TopContexts.load(ctx.save(tmp_path))).equals(label_features(ctx))  # the bytes are saved
+
+
+@pytest.mark.real_model
+def test_labels_are_whole_words_on_the_embedded_model(smollm2):
+    """Features on a byte piece of "ő" in " Erdős" and on middle pieces of " antidisestablishment" and
+    " Dvořák" are labelled with the whole words, never with U+FFFD pieces."""
+    model, tok = smollm2
+    where = {"Erdős": [1, 6, 9], "antidisestablishment": [2, 14], "Dvořák": [5, 17]}
+    ids = {w: tok(" " + w, add_special_tokens=False)["input_ids"] for w in where}
+    assert all(tok.decode(i) == " " + w and len(i) >= 3 for w, i in ids.items())
+    pieces = [i for i in ids["Erdős"] if tok.decode([i]) == "\ufffd"]
+    assert len(pieces) == 2  # "ő": two byte pieces, each U+FFFD alone
+    fire = [pieces[1], ids["antidisestablishment"][1], ids["Dvořák"][1]]
+    docs = planted_corpus(list(where), where)
+    ctx = top_contexts(detector_sae(model, fire), model=model, tokenizer=tok, dataset=docs, shuffle=False,
+                       progress=False)
+    labels = label_features(ctx).iloc[:3]
+    assert labels.label.tolist() == ["erdős (Article 1; Article 6)", "antidisestablishment (Article 2; Article 14)",
+                                     "dvořák (Article 5; Article 17)"]
+    assert labels.score.tolist() == [1.0, 1.0, 1.0]  # every context peaks in its planted word
+    assert not labels.top_tokens.str.contains("\ufffd").any()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -52,10 +52,11 @@ def test_postprocess_reports_both_modes_and_keeps_k(trained, tmp_path):
     acts = (b for b in data.batches(1000, start=50))
     res = postprocess_to(sae, acts, tmp_path / "s", n_tokens=4096)
     rep = res.report.set_index("mode")
-    assert set(rep.index) == {"topk", "jumprelu"}
+    assert set(rep.index) == {"topk", "jumprelu (global)", "jumprelu (per-feature)"}
     assert rep.loc["topk", "l0"] <= 6
-    assert abs(rep.loc["jumprelu", "l0"] - 6) < 0.01  # by construction on the threshold tokens
-    assert rep.loc["topk", "ev"] > 0.5 and rep.loc["jumprelu", "mse"] > 0
+    assert abs(rep.loc["jumprelu (global)", "l0"] - 6) < 0.01  # by construction on the threshold tokens
+    assert rep.loc["topk", "ev"] > 0.5 and rep.loc["jumprelu (global)", "mse"] > 0
+    assert res.calibration == "global" and back_calibration(tmp_path / "s") == "global"
     back = load(tmp_path / "s")
     assert back.activation == "jumprelu" and back.k == 6
     assert torch.allclose(back.threshold, torch.full((128,), res.threshold))
@@ -65,7 +66,30 @@ def test_postprocess_reports_both_modes_and_keeps_k(trained, tmp_path):
         back.activation = "topk"  # TopK inference stays available
         assert torch.allclose(back(x), sae(x * sae.meta.provenance["scale_in"]) / sae.meta.provenance["scale_out"], atol=1e-4)
     saved = json.loads((tmp_path / "s" / "postprocess.json").read_text())
-    assert saved["n_tokens"] == 4096 and len(saved["report"]) == 2
+    assert saved["n_tokens"] == 4096 and len(saved["report"]) == 3
+
+
+def back_calibration(folder):
+    return load(folder).meta.provenance["threshold_calibration"]
+
+
+def test_per_feature_thresholds_give_each_feature_its_topk_rate(trained, tmp_path):
+    data, sae = trained
+    xs = [data.batch(40 + i, 512) for i in range(4)]
+    res = postprocess_to(sae, iter(xs), tmp_path / "s", n_tokens=2048, calibration="per-feature")
+    out = load(tmp_path / "s")
+    assert out.activation == "jumprelu" and back_calibration(tmp_path / "s") == "per-feature"
+    assert out.threshold.unique().numel() > 1 and bool((out.threshold >= 0).all())
+    x = torch.cat(xs)
+    with torch.no_grad():
+        pre = out.pre_acts(x)  # [N, F]; unit decoder rows, so TopK ranks by the pre-activation itself
+        kth = pre.relu().topk(6, dim=-1).values[:, -1:]
+        topk_fires = ((pre >= kth) & (pre > 0)).sum(0)  # brute force, dense
+        jump_fires = (out.encode(x) > 0).sum(0)
+    assert torch.equal(jump_fires, topk_fires)  # every feature keeps its TopK firing count
+    rep = res.report.set_index("mode")
+    assert abs(rep.loc["jumprelu (per-feature)", "l0"] - 6) < 0.01
+    assert rep.loc["jumprelu (per-feature)", "l0_p95"] >= rep.loc["jumprelu (per-feature)", "l0_p05"]
 
 
 def test_postprocess_transcoder_uses_both_sites():
@@ -76,7 +100,7 @@ def test_postprocess_transcoder_uses_both_sites():
     sae = train({"a": a, "b": b}, spec, TrainConfig(threads=1, total_tokens=4096 * 4, batch_size=512, lr=4e-3), progress=False).saes["tc"]
     res = postprocess(sae, {"a": a, "b": b}, n_tokens=2048)
     assert res.sae.d_in == 16 and res.sae.d_out == 8
-    assert abs(res.report.set_index("mode").loc["jumprelu", "l0"] - 4) < 0.01
+    assert abs(res.report.set_index("mode").loc["jumprelu (global)", "l0"] - 4) < 0.01
 
 
 def test_standalone_command(tmp_path):

@@ -1,0 +1,124 @@
+"""The demo's training settings, one change at a time: held-out EV and dead fraction of each.
+
+    .venv/bin/python benchmarks/demo_ablation.py                       # every row, ~ an hour on 2 cores
+    .venv/bin/python benchmarks/demo_ablation.py --only paper,demo     # some rows
+
+Every row trains on the same cached activations as `make demo` (layer 15's residual, the whole train
+split packed into rows of 256 tokens, massive positions left out), post-processes the TopK SAEs (fold,
+unit decoder norms, JumpReLU thresholds from the first 32,768 training tokens, both calibrations) and
+measures them on every held-out token (one document per row, massive positions left out): EV (centred,
+pooled) in TopK inference and with the global and per-feature JumpReLU thresholds, L0, the fraction of
+features that never fire on the held-out split (~100,000 tokens, the paper's window) and that fire on
+more than 10% of it, and the training time. Results: benchmarks/results/demo_ablation.md (and .csv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sae.activations import ActivationStream  # noqa: E402
+from sae.demo import HOOK, DemoSettings, train_config, training_stream  # noqa: E402
+from sae.postprocess import feature_thresholds, fold_and_normalise, inference_stats, jumprelu_threshold  # noqa: E402
+from sae.train import SAESpec, train  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+D = DemoSettings()
+# label -> (what changes, settings, expansion, activation); each row changes one thing from the row above it
+ROWS = {
+    "paper": ("the paper's recipe: batch 4,096, lr 8e-4, b_dec 0, no AuxK, 1 epoch",
+              replace(D, batch_size=4096, lr=8e-4, aux_k=0, epochs=1), 8, "topk"),
+    "batch-1024": ("batch 1,024 (4x the steps)", replace(D, lr=8e-4, aux_k=0, epochs=1), 8, "topk"),
+    "lr-2e-3": ("lr 2e-3", replace(D, aux_k=0, epochs=1), 8, "topk"),
+    "auxk": ("AuxK 256, dead after 200K tokens", replace(D, epochs=1), 8, "topk"),
+    "demo": ("2 epochs: the demo's 8x", D, 8, "topk"),
+    "demo-32x": ("the demo's settings at 32x", D, 32, "topk"),
+    "vanilla-1e-3": ("vanilla, L1 1e-3, the demo's other settings", replace(D, l1=1e-3), 8, "relu"),
+    "vanilla": ("vanilla, L1 1.4e-3 (the demo's)", D, 8, "relu"),
+    "vanilla-2e-3": ("vanilla, L1 2e-3", replace(D, l1=2e-3), 8, "relu"),
+}
+
+
+def heldout_activations() -> torch.Tensor:
+    """Every held-out token at the hook, one document per row (as `sae.evaluate` reads them), cached."""
+    stream = ActivationStream("embedded", source="embedded-heldout", hooks=[HOOK], max_tokens=1_000_000,
+                              shuffle=False, cache=True)
+    return torch.cat([c[HOOK] for c in stream.chunks()]).float()
+
+
+def measure(sae, calib: list[torch.Tensor], held: list[torch.Tensor]) -> dict[str, float]:
+    out = fold_and_normalise(sae)
+    if out.activation != "topk":
+        stats = inference_stats(out, held, held)
+        return {"l0": stats["l0"], "ev_native": stats["ev"], "never_fired": stats["never_fired"], "dense": stats["dense"]}
+    row = {}
+    topk = inference_stats(out, held, held)
+    row.update(l0=topk["l0"], ev_topk=topk["ev"], never_fired=topk["never_fired"], dense=topk["dense"])
+    out.activation = "jumprelu"
+    out.threshold.fill_(jumprelu_threshold(out, calib, out.k))
+    glob = inference_stats(out, held, held)
+    out.activation = "topk"
+    out.threshold.copy_(feature_thresholds(out, calib))
+    out.activation = "jumprelu"
+    per = inference_stats(out, held, held)
+    row.update(ev_jumprelu_global=glob["ev"], l0_global_p95=glob["l0_p95"], ev_jumprelu_per_feature=per["ev"],
+               l0_per_feature=per["l0"], l0_per_feature_p95=per["l0_p95"])
+    return row
+
+
+def markdown(table: pd.DataFrame) -> str:
+    def cell(v) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
+    p.add_argument("--out", type=Path, default=RESULTS / "demo_ablation")
+    args = p.parse_args()
+    labels = [r.strip() for r in args.only.split(",") if r.strip()]
+    unknown = [r for r in labels if r not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; rows: {', '.join(ROWS)}")
+    stream = training_stream(D)
+    train_x = torch.cat([c[HOOK] for c in stream.chunks()]).float()
+    calib = list(train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(1))[:32_768]].split(4096))
+    held = list(heldout_activations().split(4096))
+    print(f"train {len(train_x):,} tokens ({stream.massive_tokens} massive left out), held-out "
+          f"{sum(len(h) for h in held):,} tokens; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    rows = []
+    for label in labels:
+        what, settings, expansion, activation = ROWS[label]
+        spec = SAESpec(name=label, hook_in=HOOK, expansion=expansion, activation=activation)
+        config = replace(train_config(settings, len(train_x)), log_every=50)
+        t = time.perf_counter()
+        sae = train({HOOK: train_x}, spec, config, progress=False).saes[label]
+        seconds = time.perf_counter() - t
+        row = {"row": label, "change": what, "features": sae.n_features, "steps": config.steps,
+               "train_s": round(seconds), **measure(sae, calib, held)}
+        rows.append(row)
+        print(pd.DataFrame([row]).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
+    table = pd.DataFrame(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out.with_suffix(".csv"), index=False)
+    args.out.with_suffix(".md").write_text(
+        f"# Demo ablation\n\n`{' '.join(sys.argv)}`; {time.strftime('%Y-%m-%d')}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads. Train split {len(train_x):,} tokens, held-out {sum(len(h) for h in held):,} "
+        "tokens (EV centred, pooled; never / dense: fraction of features firing on no held-out token / on more "
+        "than 10% of them).\n\n" + markdown(table) + "\n")
+    print(f"wrote {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
