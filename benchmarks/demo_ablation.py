@@ -36,7 +36,7 @@ ROWS = {
     "paper": ("the paper's recipe: batch 4,096, lr 8e-4, b_dec 0, no AuxK, 1 epoch",
               replace(D, batch_size=4096, lr=8e-4, aux_k=0, epochs=1), 8, "topk"),
     "batch-1024": ("batch 1,024 (4x the steps)", replace(D, lr=8e-4, aux_k=0, epochs=1), 8, "topk"),
-    "lr-2e-3": ("lr 2e-3", replace(D, aux_k=0, epochs=1), 8, "topk"),
+    "lr-2e-3": ("batch 1,024 and lr 2e-3", replace(D, aux_k=0, epochs=1), 8, "topk"),
     "auxk": ("AuxK 256, dead after 200K tokens", replace(D, epochs=1), 8, "topk"),
     "demo": ("2 epochs: the demo's 8x", D, 8, "topk"),
     "demo-32x": ("the demo's settings at 32x", D, 32, "topk"),

@@ -163,7 +163,9 @@ class ActivationStream:
         if index is None:
             n = sum(next(iter(chunk.values())).shape[0] for chunk in self.chunks())
             index = self._read_index()
-            return int(index["tokens"]) if index is not None else n
+            if index is None:
+                return n
+        self.massive_tokens = int(index.get("massive_tokens", 0))
         return min(int(index["tokens"]), self.max_tokens or int(index["tokens"]))
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
