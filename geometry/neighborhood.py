@@ -262,12 +262,14 @@ def neighborhood(
     min_dist: float = 0.1,
     options: Options | None = None,
     title: str | None = None,
+    live: dict[str, np.ndarray] | None = None,
 ) -> Neighborhood:
     """The neighbourhood of `seeds` (feature ids in SAE `seed_sae`) in every SAE of `members` (name -> n).
 
     saes: name -> SparseAutoencoder, spec for `sae.load`, or [F, d] decoder matrix, for the seed SAE and
     every member. labels: name -> label table (feature, label, ...) for the hover text. `options`:
-    geometry.compare's thresholds for the classes. `seed` fixes the UMAP layout."""
+    geometry.compare's thresholds for the classes. `seed` fixes the UMAP layout. live: name -> [F] bool,
+    the features that may be members (e.g. those that fired on the contexts' tokens); default all."""
     opts = options or Options()
     seeds = [int(seeds)] if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
     if not seeds:
@@ -292,8 +294,13 @@ def neighborhood(
     parts = []
     for name, n in members.items():
         r = rows[name]
-        nb = top_k_cosine(seed_dirs, r, min(int(n), len(r)), normalised=True).a_to_b  # per seed: its n nearest
-        cand = pd.DataFrame({"feature": nb.indices.numpy().ravel(), "cos_to_seed": nb.values.numpy().ravel()})
+        pool = np.flatnonzero(live[name]) if live is not None and name in live else np.arange(len(r))
+        if not len(pool):
+            raise GeometryError(f"{name} has no live feature to take members from")
+        nb = top_k_cosine(seed_dirs, r[torch.from_numpy(pool)], min(int(n), len(pool)), normalised=True).a_to_b
+        at = nb.indices.numpy().ravel()  # per seed: its n nearest, as rows of the pool
+        cand = pd.DataFrame({"feature": np.where(at >= 0, pool[np.clip(at, 0, None)], -1),
+                             "cos_to_seed": nb.values.numpy().ravel()})
         if name == seed_sae:  # the seeds count among their own SAE's members
             cand = pd.concat([pd.DataFrame({"feature": seeds, "cos_to_seed": 2.0}), cand])
         cand = cand[cand["feature"] >= 0].sort_values("cos_to_seed", ascending=False, kind="stable")
@@ -431,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="embedded", help="the model the SAEs read")
     p.add_argument("--dataset", default="embedded-train", help="corpus for the top contexts")
     p.add_argument("--edge-cut", type=float, default=0.7, help="draw cross-SAE edges at cos >= this")
+    p.add_argument("--all-features", action="store_true",
+                   help="members from every feature (default: only features that fired on the contexts' tokens)")
     p.add_argument("--seed", type=int, default=0, help="UMAP random state")
     p.add_argument("--n-neighbors", type=int, default=15, help="UMAP n_neighbors (capped at members - 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars, print nothing")
@@ -479,8 +488,9 @@ def main(argv: list[str] | None = None) -> int:
         picked = concept_seeds(saes[args.seed_sae], _read_texts(args.concept[0]), _read_texts(args.concept[1]),
                                model=args.model, n=args.n_seeds)
         write_text(args.out / "seeds.csv", picked.to_csv(index=False))
+    live = {n: contexts[n].counts > 0 for n in contexts} if contexts and not args.all_features else None
     nb = neighborhood(args.seed_sae, picked["feature"].tolist(), args.members, saes, labels=labels or None,
-                      edge_cut=args.edge_cut, seed=args.seed, n_neighbors=args.n_neighbors)
+                      edge_cut=args.edge_cut, seed=args.seed, n_neighbors=args.n_neighbors, live=live)
     nb.write(args.out)
     if not args.quiet:
         s = nb.summary

@@ -83,6 +83,19 @@ def test_members_edges_and_epsilon_equal_a_dense_computation(nb_and_rows):
     assert (m[m.sae == "W"]["class"] != "").all() and (m[m.sae != "W"]["class"] == "").all()
 
 
+def test_members_come_from_live_features_only(nb_and_rows):
+    _, unit = nb_and_rows
+    seed_dir = unit["S"][SEED]
+    cos = (unit["W"] @ seed_dir).numpy()
+    live = np.ones(len(cos), bool)
+    live[np.argsort(-cos, kind="stable")[:5]] = False  # the five nearest never fired
+    nb = neighborhood("S", SEED, {"S": 6, "W": 24}, unit, live={"W": live}, seed=0)
+    got = nb.members[nb.members.sae == "W"]
+    expected = np.flatnonzero(live)[np.argsort(-cos[live], kind="stable")[:24]]  # the 24 nearest live ones
+    assert set(got.feature) == set(expected) and live[got.feature].all()
+    assert len(nb.members[nb.members.sae == "S"]) == 6  # no mask for S: every feature
+
+
 def test_figure_colours_by_sae_and_redraws_from_csv(nb_and_rows, tmp_path):
     nb, _ = nb_and_rows
     fig = nb.figure()
