@@ -191,8 +191,9 @@ def stream_vs_bare(layer: int, tokens: int, repeats: int) -> None:
     best_s, best_b = min(t_stream), min(t_bare)
     print(f"(d) layer {layer}, {n:,} ordinary tokens in packed rows of {batches[0].input_ids.shape[1]}, "
           f"model in {dtype_name(auto)} (auto; fast bf16 here: {fast_bf16()}):")
-    print(f"    bare truncated forward {n_rows / best_b:,.0f} tokens/s, training stream {n / best_s:,.0f} tokens/s, "
-          f"ratio {best_b / best_s:.3f} (target >= 0.9)")
+    print(f"    over the same {len(batches)} token batches ({n_rows:,} ordinary tokens; the stream keeps {n:,}): bare "
+          f"truncated forward {best_b:.2f} s ({n_rows / best_b:,.0f} tokens/s), training stream {best_s:.2f} s "
+          f"({n_rows / best_s:,.0f} tokens/s), stream / bare speed {best_b / best_s:.3f} (target >= 0.9)")
     model.to(other)
     few = batches[: max(1, len(batches) // 16)]
     few_tokens = sum(int(b.mask.sum()) for b in few)
