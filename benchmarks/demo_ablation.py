@@ -33,7 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 D = DemoSettings()
 # label -> (what changes, settings, expansion, activation); each row changes one thing from the row above it
 ROWS = {
-    "paper": ("the paper's recipe: batch 4,096, lr 8e-4, b_dec 0, no AuxK, 1 epoch",
+    "paper": ("the paper's batch 4,096 and lr 8e-4, no AuxK, 1 epoch (b_dec = mean in every row)",
               replace(D, batch_size=4096, lr=8e-4, aux_k=0, epochs=1), 8, "topk"),
     "batch-1024": ("batch 1,024 (4x the steps)", replace(D, lr=8e-4, aux_k=0, epochs=1), 8, "topk"),
     "lr-2e-3": ("batch 1,024 and lr 2e-3", replace(D, aux_k=0, epochs=1), 8, "topk"),
