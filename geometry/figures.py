@@ -502,6 +502,14 @@ class _Tables:
         return self._cache[rel]
 
 
+def _fig2(t: _Tables, model: str | None, dataset: str | None) -> go.Figure:
+    """eval.csv, plus the k / L1 sweep of sweep.csv where the folder has one (each series a curve)."""
+    ev = t("eval.csv", "eval")
+    if (t.root / "sweep.csv").is_file():
+        ev = pd.concat([ev, t("sweep.csv", "eval")], ignore_index=True)
+    return ev_delta_lm_vs_l0(ev, model=model, dataset=dataset)
+
+
 def _fig6(t: _Tables, model: str | None, dataset: str | None) -> go.Figure:
     ev = t("eval.csv", "eval")
     by = "model" if ev["model"].nunique() >= 2 else "dataset"
@@ -519,8 +527,7 @@ class FigureSpec:
 
 
 FIGURES = (
-    FigureSpec(2, "ev_delta_lm_vs_l0", ("eval.csv",),
-               lambda t, m, d: ev_delta_lm_vs_l0(t("eval.csv", "eval"), model=m, dataset=d)),
+    FigureSpec(2, "ev_delta_lm_vs_l0", ("eval.csv",), _fig2),
     FigureSpec(4, "firing_frequencies", ("frequencies.csv", "eval.csv"),
                lambda t, m, d: firing_frequencies(t("frequencies.csv", "frequencies"), t("eval.csv", "eval"),
                                                   model=m, dataset=d)),

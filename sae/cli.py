@@ -50,13 +50,15 @@ def _parse(kind: type, text: str, flag: str) -> Any:
     return int(value) if kind is int else value
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, env_prefix: str | None = None) -> None:
-    """One --flag per field of `cls` (underscores become dashes); `env_prefix` + FIELD (upper case)
-    overrides a default when set in the environment."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type, env_prefix: str | None = None,
+                  defaults: dict[str, Any] | None = None) -> None:
+    """One --flag per field of `cls` (underscores become dashes); `defaults` replaces some of the
+    dataclass's defaults; `env_prefix` + FIELD (upper case) overrides a default when set in the environment."""
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = _kind(f)
         default = f.default if f.default is not MISSING else None
+        default = (defaults or {}).get(f.name, default)
         env = f"{env_prefix}{f.name.upper()}" if env_prefix else None
         if env and os.environ.get(env) is not None:
             default = _parse(kind, os.environ[env], f"${env}")

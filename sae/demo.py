@@ -24,6 +24,7 @@ import argparse
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,7 +33,9 @@ import pandas as pd
 from .activations import ActivationStream
 from .cli import add_arguments, from_arguments, option
 from .errors import SAEError, run_cli
+from .embedded import MODEL_NAME
 from .evaluate import evaluate
+from .formats.names import SUITES, parse_name
 from .formats.tensors import read_json
 from .io import atomic_path, cache_dir, write_json
 from .postprocess import CALIBRATIONS, fold_and_normalise, postprocess_to
@@ -76,17 +79,29 @@ class EvalSettings:
     lm_tokens: int = option(20_000, "of those, tokens that also get delta LM loss / KL / CE recovered")
 
 
-def training_stream(settings: DemoSettings) -> ActivationStream:
-    """Layer 15's residual on the train split, packed, cached; one shuffle buffer holds all of it."""
-    return ActivationStream("embedded", source="embedded-train", hooks=[HOOK], batch_size=settings.batch_size,
-                            max_tokens=settings.distinct_tokens, buffer_tokens=settings.distinct_tokens,
+def training_stream(settings: DemoSettings, hooks: Sequence[str] = (HOOK,)) -> ActivationStream:
+    """The sites `hooks` on the train split, packed, cached. The shuffle buffer holds up to 2M tokens of
+    one site (the whole split), and proportionally fewer per site when there are several (memory)."""
+    buffer = min(settings.distinct_tokens, WHOLE_SPLIT // len(hooks))
+    return ActivationStream("embedded", source="embedded-train", hooks=list(hooks), batch_size=settings.batch_size,
+                            max_tokens=settings.distinct_tokens, buffer_tokens=buffer,
                             context=settings.context, pack=True, seed=settings.seed, cache=True)
 
 
+def suite_spec(name: str, *, label: str | None = None, k: int = 50, l1: float | None = None) -> SAESpec:
+    """The spec of a paper-named SAE of the embedded model (`L15R-8x`, `L3TC-8x`, `L7R-8x-Vanilla`),
+    saved as `label` (default: the name); l1 None = the run's coefficient (vanilla only)."""
+    site = parse_name(f"demo:{name}")
+    hook_in, hook_out = site.hooks
+    width = SUITES["demo"].d_model
+    return SAESpec(name=label or name, hook_in=hook_in, hook_out=None if hook_out == hook_in else hook_out,
+                   expansion=site.expansion, d_in=width,
+                   d_out=width, activation="relu" if site.variant == "Vanilla" else "topk", k=k, l1_coefficient=l1,
+                   meta={"model": MODEL_NAME, "layer": site.layer, "position": site.position})
+
+
 def suite_specs(settings: DemoSettings) -> list[SAESpec]:
-    meta = {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "layer": 15, "position": "R"}
-    return [SAESpec(name=name, hook_in=HOOK, expansion=32 if "32x" in name else 8, d_in=576, d_out=576,
-                    activation="relu" if name.endswith("Vanilla") else "topk", meta=meta) for name in SUITE]
+    return [suite_spec(name) for name in SUITE]
 
 
 def train_config(settings: DemoSettings, split_tokens: int) -> TrainConfig:
@@ -117,17 +132,26 @@ def build_suite(settings: DemoSettings, *, rebuild: bool = False) -> Path:
     split_tokens = stream.n_tokens()  # captures the split on first use
     print(f"train split: {split_tokens:,} tokens at {HOOK} ({stream.massive_tokens} massive positions left out)")
     write_json(marker, wanted)
-    result = train(stream, suite_specs(settings), train_config(settings, split_tokens), out_dir=root, resume=resume)
+    train_suite(stream, suite_specs(settings), settings, root, resume=resume)
+    return root
+
+
+def train_suite(stream: ActivationStream, specs: list[SAESpec], settings: DemoSettings, root: Path, *,
+                resume: bool = False) -> list[Path]:
+    """Train `specs` on `stream` with the demo's recipe into `root`, then save each SAE in root/<name>:
+    TopK ones post-processed to JumpReLU (`settings.calibration`), vanilla ones folded to raw units."""
+    result = train(stream, specs, train_config(settings, stream.n_tokens()), out_dir=root, resume=resume)
     print(f"trained {', '.join(result.saes)}: {result.steps} steps at {result.tokens_per_second:,.0f} tokens/s")
-    calib = first_tokens(stream, [HOOK], settings.threshold_tokens)
+    hooks = list(dict.fromkeys(h for s in specs for h in (s.hook_in, s.out_hook)))
+    calib = first_tokens(stream, hooks, settings.threshold_tokens)
     for name, sae in result.saes.items():
         if sae.activation != "topk":
             fold_and_normalise(sae).save(root / name)
             continue
         res = postprocess_to(sae, calib, root / name, n_tokens=settings.threshold_tokens,
                              calibration=settings.calibration)
-        print(res.report.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    return root
+        print(f"{name}:\n" + res.report.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return [root / s.name for s in specs]
 
 
 def evaluate_suite(root: Path, out: Path, settings: EvalSettings) -> tuple[pd.DataFrame, list[Path]]:

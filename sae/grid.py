@@ -1,125 +1,148 @@
-"""The figure grid: SAEs trained here on the embedded model, evaluated into the tables under figures/data/.
+"""The figure grid: SAEs trained on the embedded model's whole train split with the demo's recipe,
+evaluated on the held-out split into the tables under figures/data/.
 
-    python -m sae.grid --out figures/data          # about an hour on 2 free CPU cores; resumable
+    python -m sae.grid --out figures/data          # hours on 2 CPU cores (README: Figures); resumable
 
-What it trains (suite `demo`, layers 0-based, one run per layer so the model runs once per layer):
-- at every `--layers` layer (default 3, 7, 15, 23) R, TopK k = 50, 8x and 32x (Fig. 6, 10, 11);
-- at the `--all-position-layers` (default 3, 15) also A, M and TC (Fig. 10, 11);
-- at the `--vanilla-layers` (default 7, 15, 23) also R-8x-Vanilla and R-32x-Vanilla (Fig. 2, 4);
-- L15R-8x twice more, with and without K-annealing, logged for Fig. 12.
-Each run captures `--distinct-tokens` training tokens once (disk cache) and trains `--epochs` epochs over
-them. The SAEs go to `$SAE_CACHE/grid/L{layer}/{name}` (never into the repository).
+What it trains (layers 0-based; one run per layer, so the model runs once per layer and the layer's
+sites are captured once, cached):
+- at every `--layers` layer (default 3, 7, 15, 23) R: TopK k = 50 at 8x and 32x, and vanilla 8x
+  (Fig. 2, 4, 6, 10, 11);
+- at the `--position-layers` (default 3, 7) also A, M and TC, TopK 8x (Fig. 10, 11);
+- at the `--sweep-layer` (default 15) 8x TopK SAEs at every `--k-sweep` value and 8x vanilla SAEs at
+  every `--l1-sweep` coefficient (Fig. 2's curves; the k = 50 and the recipe's L1 points are the
+  layer's own SAEs), saved as L15R-8x-k20, L15R-8x-Vanilla-l1-0.0007, ...;
+- L15R-8x twice more on `--anneal-tokens`, with and without K-annealing, logged for Fig. 12.
+The recipe is `sae.demo`'s (batch, lr, AuxK, b_dec, calibration; every flag of it is here too) with
+`--epochs` 1 by default. The SAEs go to `$SAE_CACHE/grid/L{layer}/{name}` (never into the repository).
 
 What it writes to `--out` (schemas in the README, "Figures"):
-- eval.csv: every SAE on held-out articles (TopK SAEs in TopK and JumpReLU inference), and the R SAEs
-  on the same articles in the chat template (the closest analogue of the paper's base -> instruct
-  transfer the embedded model allows: one model, instruct-style input);
-- frequencies.csv: per-feature firing frequencies of the L7R/L15R/L23R TopK SAEs;
-- positions.csv: the L7R/L15R/L23R SAEs on held-out articles packed into long rows (Fig. 5's analogue:
-  the summaries are short, so long contexts are concatenated articles);
+- eval.csv: the layers' SAEs on the held-out split (TopK SAEs in JumpReLU and TopK inference), and the
+  R SAEs on the same articles in the chat template (the closest analogue of the paper's base ->
+  instruct transfer the embedded model allows: one model, instruct-style input);
+- sweep.csv: the sweep SAEs on the held-out split (same columns);
+- frequencies.csv: per-feature firing frequencies of the R TopK SAEs;
+- positions.csv: the R SAEs on held-out articles packed into long rows (Fig. 5's analogue: the
+  summaries are short, so long contexts are concatenated articles);
 - training_log.csv: the Fig. 12 logs (`run` = k-anneal / no-anneal).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
+from .activations import ActivationStream
+from .cli import add_arguments, from_arguments, option
+from .demo import DemoSettings, suite_spec, train_config, train_suite, training_stream
+from .embedded import MODEL_NAME, corpus_articles, load_model
 from .errors import SAEError, run_cli
+from .evaluate import evaluate
+from .formats import load
+from .formats.tensors import read_json
 from .io import atomic_path, cache_dir, write_json
+from .train import SAESpec, TrainConfig, latest_checkpoint, read_log, train
 
-POSITIONS = ("R", "A", "M", "TC")
-WIDTHS = ("8x", "32x")
+N_LAYERS = 30
+POSITIONS = ("A", "M", "TC")
 
 
 @dataclass
-class GridConfig:
-    layers: tuple[int, ...] = (3, 7, 15, 23)
-    all_position_layers: tuple[int, ...] = (3, 15)
-    vanilla_layers: tuple[int, ...] = (7, 15, 23)
-    distinct_tokens: int = 40_000
-    epochs: int = 2
-    batch_size: int = 1024
-    anneal_tokens: int = 100_000  # Fig. 12 runs (over the layer-15 distinct tokens)
-    alive_window: int = 50_000  # Fig. 12: "alive" = fired within this many tokens
-    eval_tokens: int = 8_192
-    lm_tokens: int = 1_024
-    long_context: int = 4096
-    long_tokens: int = 16_384
-    seed: int = 0
-    extra_train_args: list[str] = field(default_factory=list)
+class GridSettings:
+    """Which SAEs the grid trains and how much of the held-out split evaluates them."""
 
-    @property
-    def train_tokens(self) -> int:
-        return self.distinct_tokens * self.epochs
+    layers: str = option("3,7,15,23", "layers with R SAEs (8x and 32x TopK, 8x vanilla)")
+    position_layers: str = option("3,7", "of those, layers that also get A, M and TC SAEs (8x TopK)")
+    sweep_layer: int = option(15, "the layer of the k and L1 sweeps (one of --layers)")
+    k_sweep: str = option("20,100", "more k values of 8x TopK SAEs at the sweep layer (besides 50)")
+    l1_sweep: str = option("7e-4,2.8e-3", "more L1 coefficients of 8x vanilla SAEs at the sweep layer")
+    anneal_tokens: int = option(100_000, "training tokens of each Fig. 12 run")
+    alive_window: int = option(50_000, "Fig. 12: alive = fired within this many tokens")
+    eval_tokens: int = option(200_000, "held-out tokens per evaluation (the split holds ~100,000: all)")
+    lm_tokens: int = option(8192, "of those, tokens that also get delta LM loss")
+    long_context: int = option(4096, "row length of the Fig. 5 evaluation")
+    long_tokens: int = option(16_384, "tokens of the Fig. 5 evaluation")
+
+    def __post_init__(self) -> None:
+        self.layer_list = _numbers(self.layers, int, "layers")
+        self.position_list = _numbers(self.position_layers, int, "position-layers")
+        self.k_list = _numbers(self.k_sweep, int, "k-sweep")
+        self.l1_list = _numbers(self.l1_sweep, float, "l1-sweep")
+        bad = [v for v in (*self.layer_list, *self.position_list, self.sweep_layer) if not 0 <= v < N_LAYERS]
+        if bad:
+            raise SAEError(f"layer {bad[0]} is out of range: the embedded model has layers 0-{N_LAYERS - 1}")
+        if not set(self.position_list) <= set(self.layer_list) or self.sweep_layer not in self.layer_list:
+            raise SAEError("--position-layers and --sweep-layer must be among --layers")
+        if any(k < 1 for k in self.k_list) or any(v < 0 for v in self.l1_list):
+            raise SAEError("k values must be positive and L1 coefficients non-negative")
 
 
-def layer_names(layer: int, config: GridConfig) -> list[str]:
-    """The SAEs of one layer's run, in the paper's names."""
-    positions = POSITIONS if layer in config.all_position_layers else ("R",)
-    names = [f"L{layer}{p}-{w}" for p in positions for w in WIDTHS]
-    if layer in config.vanilla_layers:
-        names += [f"L{layer}R-{w}-Vanilla" for w in WIDTHS]
-    return names
+def _numbers(text: str, kind: type, what: str) -> tuple:
+    try:
+        return tuple(kind(t) for t in str(text).split(",") if t.strip())
+    except ValueError:
+        raise SAEError(f"--{what} must be comma-separated numbers, not {text!r}") from None
+
+
+def layer_specs(layer: int, grid: GridSettings, recipe: DemoSettings) -> list[SAESpec]:
+    """The SAEs of one layer's run, in the paper's names (sweep SAEs with a suffix)."""
+    specs = [suite_spec(f"L{layer}R-{w}") for w in ("8x", "32x")] + [suite_spec(f"L{layer}R-8x-Vanilla")]
+    if layer in grid.position_list:
+        specs += [suite_spec(f"L{layer}{p}-8x") for p in POSITIONS]
+    if layer == grid.sweep_layer:
+        specs += [suite_spec(f"L{layer}R-8x", label=f"L{layer}R-8x-k{k}", k=k) for k in grid.k_list if k != 50]
+        specs += [suite_spec(f"L{layer}R-8x-Vanilla", label=f"L{layer}R-8x-Vanilla-l1-{v:g}", l1=v)
+                  for v in grid.l1_list if v != recipe.l1]
+    return specs
+
+
+def is_sweep(name: str) -> bool:
+    return "-k" in name or "-l1-" in name
 
 
 def grid_root() -> Path:
     return cache_dir("grid")
 
 
-def sae_folder(name: str) -> Path:
-    from .formats.names import parse_name
-
-    return grid_root() / f"L{parse_name(f'demo:{name}').layer}" / name
-
-
-def train_layer(layer: int, config: GridConfig) -> list[Path]:
-    """Train (or finish) one layer's SAEs; returns their folders. A layer already done is skipped."""
-    from .train import latest_checkpoint
-    from .train import main as train_main
-
-    names = layer_names(layer, config)
+def train_layer(layer: int, grid: GridSettings, recipe: DemoSettings) -> dict[str, Path]:
+    """Train (or finish) one layer's SAEs with `recipe`; returns {name: folder}. A layer built with the
+    same recipe and SAEs is skipped; one built otherwise is trained anew (its old SAEs removed)."""
+    specs = layer_specs(layer, grid, recipe)
     run = grid_root() / f"L{layer}"
-    folders = [run / n for n in names]
-    if all((f / "cfg.json").is_file() for f in folders):
+    folders = {s.name: run / s.name for s in specs}
+    marker, wanted = run / "build.json", {"recipe": asdict(recipe), "saes": list(folders)}
+    built = read_json(marker) if marker.is_file() else None
+    if built == wanted and all((f / "cfg.json").is_file() for f in folders.values()):
         return folders
-    argv = [f"--sae={n}" for n in names] + [
-        "--tokens", str(config.train_tokens), "--distinct-tokens", str(config.distinct_tokens),
-        "--batch-size", str(config.batch_size), "--b-dec-init", "mean", "--seed", str(config.seed),
-        "--threshold-tokens", str(min(32_768, config.distinct_tokens)), "--cache", "--out", str(run),
-        *config.extra_train_args,
-    ]
-    if latest_checkpoint(run) is not None:
-        argv.append("--resume")
-    train_main(argv)
+    resume = built == wanted and latest_checkpoint(run) is not None
+    if not resume:
+        shutil.rmtree(run, ignore_errors=True)
+    hooks = list(dict.fromkeys(h for s in specs for h in (s.hook_in, s.out_hook)))
+    stream = training_stream(recipe, hooks)
+    write_json(marker, wanted)
+    train_suite(stream, specs, recipe, run, resume=resume)
     return folders
 
 
-def train_anneal_runs(config: GridConfig) -> pd.DataFrame:
-    """Fig. 12: L15R-8x trained with and without K-annealing from one stream; their logs, long."""
-    from .activations import ActivationStream
-    from .train import SAESpec, TrainConfig, latest_checkpoint, read_log, train
-
+def train_anneal_runs(grid: GridSettings, recipe: DemoSettings) -> pd.DataFrame:
+    """Fig. 12: L15R-8x trained with and without K-annealing from one stream (no AuxK, so dead features
+    show); their logs, long."""
     run = grid_root() / "anneal"
-    hook = "blocks.15.hook_resid_post"
-    specs = [SAESpec(name=name, hook_in=hook, expansion=8, k_anneal=anneal) for name, anneal in
+    hook = suite_spec("L15R-8x").hook_in
+    specs = [replace(suite_spec("L15R-8x", label=name), k_anneal=anneal) for name, anneal in
              (("k-anneal", True), ("no-anneal", False))]
     if not all((run / s.name / "log.csv").is_file() for s in specs) or latest_checkpoint(run) is None:
-        stream = ActivationStream("embedded", source="embedded-train", hooks=[hook], batch_size=config.batch_size,
-                                  max_tokens=config.distinct_tokens, buffer_tokens=config.distinct_tokens,
-                                  seed=config.seed, cache=True)
-        tc = TrainConfig(total_tokens=config.anneal_tokens, batch_size=config.batch_size, b_dec_init="mean",
-                         alive_window=config.alive_window, log_every=1, seed=config.seed,
-                         checkpoint_every=max(1, config.anneal_tokens // config.batch_size // 10))
-        train(stream, specs, tc, out_dir=run, resume=latest_checkpoint(run) is not None)
-    frames = []
-    for s in specs:
-        log = read_log(run / s.name / "log.csv")
-        frames.append(log.assign(sae="L15R-8x", run=s.name, alive_window=config.alive_window))
+        stream: ActivationStream = training_stream(recipe, [hook])
+        base = train_config(replace(recipe, epochs=1.0), grid.anneal_tokens)
+        config = replace(base, aux_k=0, alive_window=grid.alive_window, log_every=1,
+                         checkpoint_every=max(1, base.steps // 10))
+        train(stream, specs, config, out_dir=run, resume=latest_checkpoint(run) is not None)
+    frames = [read_log(run / s.name / "log.csv").assign(sae="L15R-8x", run=s.name, alive_window=grid.alive_window)
+              for s in specs]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -130,39 +153,32 @@ def chat_texts(articles: list[dict], tokenizer) -> list[str]:
         tokenize=False) for a in articles]
 
 
-def evaluate_grid(config: GridConfig, out: Path) -> dict[str, Path]:
-    """The evaluation tables of every trained SAE (see the module docstring)."""
-    from .embedded import corpus_articles, load_model
-    from .evaluate import evaluate
-    from .formats import load
-
-    names = [n for layer in config.layers for n in layer_names(layer, config)]
-    saes = {n: load(sae_folder(n)) for n in names}
-    topk = {n: s for n, s in saes.items() if not n.endswith("Vanilla")}
-    vanilla = {n: s for n, s in saes.items() if n.endswith("Vanilla")}
-    resid = {n: s for n, s in saes.items() if s.meta.position == "R"}
-    fig4 = {n: s for n, s in topk.items() if s.meta.position == "R" and s.meta.layer in config.vanilla_layers}
-    common = dict(tokens=config.eval_tokens, lm_tokens=config.lm_tokens)
-
+def evaluate_grid(folders: dict[str, Path], grid: GridSettings, out: Path) -> dict[str, Path]:
+    """The evaluation tables of the trained SAEs (see the module docstring)."""
+    saes = {name: load(folder) for name, folder in folders.items()}
+    main = {n: s for n, s in saes.items() if not is_sweep(n)}
+    resid = {n: s for n, s in main.items() if s.meta.position == "R"}
+    common = dict(tokens=grid.eval_tokens, lm_tokens=grid.lm_tokens, model_label=MODEL_NAME)
     model, tokenizer = load_model()
-    label = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    runs = [
+    runs = {
         # one clean forward for all: the vanilla SAEs (no k) skip the TopK mode
-        evaluate(saes, model, tokenizer=tokenizer, model_label=label, modes=("native", "topk"), **common),
-        evaluate(resid, model, tokenizer=tokenizer, model_label=label, dataset=chat_texts(corpus_articles("heldout"), tokenizer),
-                 dataset_label="embedded-heldout (chat template)", **common),
-    ]
-    long = evaluate({**fig4, **vanilla}, model, tokenizer=tokenizer, model_label=label,
-                    tokens=config.long_tokens, lm_tokens=0, pack=True, context=config.long_context,
-                    dataset_label=f"embedded-heldout (packed, {config.long_context})")
-    eval_table = pd.concat([r.eval for r in runs], ignore_index=True)
-    freq = runs[0].frequencies
-    freq = freq[freq["sae"].isin(fig4) & (freq["mode"] == "native")]
-    tables = {"eval.csv": eval_table, "frequencies.csv": freq, "positions.csv": long.positions}
-    paths = {}
-    for name, df in tables.items():
-        paths[name] = write_csv(df, out / name)
-    return paths
+        "main": evaluate(saes, model, tokenizer=tokenizer, modes=("native", "topk"), **common),
+        "chat": evaluate(resid, model, tokenizer=tokenizer, dataset=chat_texts(corpus_articles("heldout"), tokenizer),
+                         dataset_label="embedded-heldout (chat template)", **common),
+        "long": evaluate(resid, model, tokenizer=tokenizer, model_label=MODEL_NAME, tokens=grid.long_tokens,
+                         lm_tokens=0, pack=True, context=grid.long_context,
+                         dataset_label=f"embedded-heldout (packed, {grid.long_context})"),
+    }
+    first = runs["main"].eval
+    freq = runs["main"].frequencies
+    topk_r = [n for n in resid if not n.endswith("Vanilla")]
+    tables = {
+        "eval.csv": pd.concat([first[~first["sae"].map(is_sweep)], runs["chat"].eval], ignore_index=True),
+        "sweep.csv": first[first["sae"].map(is_sweep)],
+        "frequencies.csv": freq[freq["sae"].isin(topk_r) & (freq["mode"] == "native")],
+        "positions.csv": runs["long"].positions,
+    }
+    return {name: write_csv(df, out / name) for name, df in tables.items()}
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> Path:
@@ -171,54 +187,32 @@ def write_csv(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def build(config: GridConfig, out: Path) -> dict[str, Path]:
+def build(grid: GridSettings, recipe: DemoSettings, out: Path) -> dict[str, Path]:
     """Train every layer of the grid and the Fig. 12 runs (resumable), then write the tables."""
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    for layer in tqdm(config.layers, desc="grid layers", unit="layer"):
-        train_layer(layer, config)
-    paths = {"training_log.csv": write_csv(train_anneal_runs(config), out / "training_log.csv")}
-    paths.update(evaluate_grid(config, out))
-    write_json(out / "grid.json", {**asdict(config), "seconds": round(time.perf_counter() - start)})
+    folders: dict[str, Path] = {}
+    for layer in tqdm(grid.layer_list, desc="grid layers", unit="layer"):
+        folders.update(train_layer(layer, grid, recipe))
+    trained = time.perf_counter()
+    paths = {"training_log.csv": write_csv(train_anneal_runs(grid, recipe), out / "training_log.csv")}
+    paths.update(evaluate_grid(folders, grid, out))
+    seconds = {"train": round(trained - start), "evaluate": round(time.perf_counter() - trained)}
+    write_json(out / "grid.json", {"grid": asdict(grid), "recipe": asdict(recipe), "seconds": seconds})
     return paths
 
 
-def _layers(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise SAEError(f"layers must be comma-separated numbers, not {text!r}") from None
-
-
 def main(argv: list[str] | None = None) -> int:
-    d = GridConfig()
     p = argparse.ArgumentParser(prog="python -m sae.grid", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("figures/data"), help="where the tables go (figures/data)")
-    p.add_argument("--layers", type=_layers, default=d.layers, help="layers with R SAEs (3,7,15,23)")
-    p.add_argument("--all-position-layers", type=_layers, default=d.all_position_layers,
-                   help="of those, layers with A, M and TC SAEs too (3,15)")
-    p.add_argument("--vanilla-layers", type=_layers, default=d.vanilla_layers, help="layers with Vanilla R SAEs (7,15,23)")
-    p.add_argument("--distinct-tokens", type=int, default=d.distinct_tokens, help="training tokens captured per layer")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs over them")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="tokens per step")
-    p.add_argument("--anneal-tokens", type=int, default=d.anneal_tokens, help="training tokens of each Fig. 12 run")
-    p.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="held-out tokens per evaluation")
-    p.add_argument("--lm-tokens", type=int, default=d.lm_tokens, help="of those, tokens with delta LM loss")
-    p.add_argument("--long-context", type=int, default=d.long_context, help="row length of the Fig. 5 evaluation")
-    p.add_argument("--long-tokens", type=int, default=d.long_tokens, help="tokens of the Fig. 5 evaluation")
+    add_arguments(p.add_argument_group("grid"), GridSettings, env_prefix="GRID_")
+    add_arguments(p.add_argument_group("recipe (sae.demo's)"), DemoSettings, env_prefix="GRID_",
+                  defaults={"epochs": 1.0})
     args = p.parse_args(argv)
-    bad = [v for v in (*args.layers, *args.all_position_layers, *args.vanilla_layers) if not 0 <= v < 30]
-    if bad:
-        raise SAEError(f"layer {bad[0]} is out of range: the embedded model has layers 0-29")
-    config = GridConfig(**{k: getattr(args, k) for k in ("layers", "all_position_layers", "vanilla_layers",
-                                                         "distinct_tokens", "epochs",
-                                                         "batch_size", "anneal_tokens", "eval_tokens", "lm_tokens",
-                                                         "long_context", "long_tokens")})
-    config.vanilla_layers = tuple(v for v in config.vanilla_layers if v in config.layers)
-    config.all_position_layers = tuple(v for v in config.all_position_layers if v in config.layers)
-    paths = build(config, args.out)
+    grid, recipe = from_arguments(GridSettings, args), from_arguments(DemoSettings, args)
+    paths = build(grid, recipe, args.out)
     print("tables:\n" + "\n".join(f"  {p}" for p in paths.values()))
     return 0
 
