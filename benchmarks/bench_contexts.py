@@ -6,7 +6,7 @@
 Per SAE, alternating `--repeats` times over the same held-out documents:
 (a) plain capture: `ActivationStream(...).chunks()` at the SAE's site (tokenisation, forward, masking,
     copying: what any consumer of activations pays);
-(b) `sae.contexts.top_contexts` on the same documents: the same stream plus tokenising the documents
+(b) `sae.interp.contexts.top_contexts` on the same documents: the same stream plus tokenising the documents
     beside it, encoding every token with the SAE (`encode_sparse`), and the top / random bookkeeping.
 Ordinary tokens per second, medians, and the ratio (b)/(a) (target >= 0.9), in wall-clock time and in
 process CPU time (all threads; less sensitive to other jobs on a shared machine). (b) also reports the
@@ -34,11 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sae  # noqa: E402
-from sae.activations import ActivationStream  # noqa: E402
-from sae import contexts as ctx_module  # noqa: E402
-from sae.contexts import top_contexts  # noqa: E402
-from sae.embedded import corpus_texts, load_model  # noqa: E402
-from sae.evaluate import sae_sites  # noqa: E402
+from sae.data.stream import ActivationStream  # noqa: E402
+from sae.interp import contexts as ctx_module  # noqa: E402
+from sae.interp.contexts import top_contexts  # noqa: E402
+from sae.lm.embedded import corpus_texts, load_model  # noqa: E402
+from sae.eval.evaluate import sae_sites  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -1,4 +1,4 @@
-"""Step time of distributed SAE training (sae.parallel) next to one process, and the encoder-matmul floor.
+"""Step time of distributed SAE training (sae.train.parallel) next to one process, and the encoder-matmul floor.
 
     python benchmarks/bench_parallel.py          # CPU: 1 process (1 and 2 threads), 2 processes as tp 2 and as ddp 2
     python benchmarks/bench_parallel.py --gpu    # one GPU: d = 4096, F = 131,072, k = 50, batch 4,096
@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sae.parallel import Sharding, setup  # noqa: E402
+from sae.train.parallel import Sharding, setup  # noqa: E402
 from sae.precision import resolve_dtype  # noqa: E402
 from sae.train import SAESpec, TrainConfig, train  # noqa: E402
 

@@ -16,7 +16,7 @@ A library that is not installed is skipped (the table says so). Data: `--data em
 embedded SmolLM2's L15R activations on the Wikipedia training split once into the activation cache
 ($SAE_CACHE/activations; needs the project's deps in the venv: transformers, gguf, accelerate; falls
 back to synthetic with a note), `--data synthetic` uses
-sae.synthetic at d = 576 (heavy-tailed, hierarchical, correlated features). Each library trains with
+sae.data.synthetic at d = 576 (heavy-tailed, hierarchical, correlated features). Each library trains with
 its own defaults for TopK (optimiser, lr, init, decoder normalisation), as its trainer would:
 
 - ours: `sae.train.train` (Llama Scope recipe: Adam 8e-4, K-annealing d/2 -> k over 10% of steps,
@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 def get_data(kind: str, n_train: int, n_eval: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, str]:
     if kind == "embedded":
         try:
-            from sae.activations import ActivationStream
+            from sae.data.stream import ActivationStream
 
             hook = "blocks.15.hook_resid_post"
             stream = ActivationStream("embedded", source="embedded-train", hooks=[hook], batch_size=4096,
@@ -58,12 +58,12 @@ def get_data(kind: str, n_train: int, n_eval: int, d: int, seed: int = 0) -> tup
             return x[:n_train].contiguous(), x[n_train:].contiguous(), "embedded SmolLM2-135M L15R, Wikipedia train split"
         except Exception as e:  # a venv without transformers/gguf, or no cached model
             print(f"note: embedded activations unavailable ({str(e).splitlines()[0][:200]}); using synthetic", file=sys.stderr)
-    from sae.synthetic import SyntheticData
+    from sae.data.synthetic import SyntheticData
 
     data = SyntheticData(d=d, n_parents=2048, children_per_parent=2, freq_min=0.002, freq_max=0.05, offset=4.0, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.cat([data.sample(8192, g) for _ in range(math.ceil((n_train + n_eval) / 8192))])
-    return x[:n_train].contiguous(), x[n_train:n_train + n_eval].contiguous(), f"synthetic (sae.synthetic, d={d}, 6,144 planted features)"
+    return x[:n_train].contiguous(), x[n_train:n_train + n_eval].contiguous(), f"synthetic (sae.data.synthetic, d={d}, 6,144 planted features)"
 
 
 def ev(predict, x_eval: torch.Tensor) -> float:
@@ -88,7 +88,7 @@ def matmul_floor(B: int, d: int, F: int) -> dict:
 
 def selection_floor(B: int, d: int, F: int, k: int) -> dict:
     """What our step cannot go below on a CPU with bfloat16: the ranking matmul and the top-k."""
-    from sae.parallel import topk_by_bits
+    from sae.train.parallel import topk_by_bits
 
     x, W, b = torch.randn(B, d).bfloat16(), torch.randn(d, F).bfloat16(), torch.randn(F).bfloat16()
     s = seconds_per_call(lambda: topk_by_bits(torch.addmm(b, x, W), k))
@@ -101,7 +101,7 @@ def faster(a: dict, b: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------------
 def run_ours(x_train, x_eval, B, F, k, anneal: bool, lr: float = 8e-4, b_dec_init: str = "zero") -> dict:
-    from sae.postprocess import fold_and_normalise
+    from sae.train.postprocess import fold_and_normalise
     from sae.train import SAESpec, TrainConfig, train
 
     cfg = TrainConfig(total_tokens=x_train.shape[0], batch_size=B, log_every=10**9, lr=lr, b_dec_init=b_dec_init)

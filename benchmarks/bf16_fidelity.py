@@ -6,7 +6,7 @@
 (1) Relative error of the bf16 activations at R, A, M and the TC input of one layer: pooled
     ||a_bf16 - a_fp32|| / ||a_fp32|| over the ordinary held-out tokens, and the median per-token cosine.
 (2) EV (centred, pooled) of one SAE (TopK inference) on the fp32 and on the bf16 activations.
-(3) Delta LM loss of that SAE with the whole model in fp32 and in bf16 (`sae.evaluate --dtype`), on the
+(3) Delta LM loss of that SAE with the whole model in fp32 and in bf16 (`sae.eval.evaluate --dtype`), on the
     same tokens. The project keeps LM metrics in fp32 unless the two agree within 0.01 nats.
 Results: benchmarks/results/bf16_fidelity.md.
 """
@@ -23,13 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sae import load  # noqa: E402
-from sae.data import token_batches  # noqa: E402
-from sae.embedded import corpus_texts, load_model  # noqa: E402
-from sae.evaluate import evaluate, inference_variant  # noqa: E402
-from sae.massive import massive_positions  # noqa: E402
-from sae.postprocess import inference_stats  # noqa: E402
+from sae.data.text import token_batches  # noqa: E402
+from sae.lm.embedded import corpus_texts, load_model  # noqa: E402
+from sae.eval.evaluate import evaluate, inference_variant  # noqa: E402
+from sae.data.massive import massive_positions  # noqa: E402
+from sae.train.postprocess import inference_stats  # noqa: E402
 from sae.precision import fast_bf16  # noqa: E402
-from sae.sites import SiteRunner  # noqa: E402
+from sae.lm.sites import SiteRunner  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bf16_fidelity.md"
 

@@ -24,9 +24,9 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sae.activations import ActivationStream  # noqa: E402
-from sae.demo import HOOK, DemoSettings, train_config, training_stream  # noqa: E402
-from sae.postprocess import feature_thresholds, fold_and_normalise, inference_stats, jumprelu_threshold  # noqa: E402
+from sae.data.stream import ActivationStream  # noqa: E402
+from sae.pipelines.demo import HOOK, DemoSettings, train_config, training_stream  # noqa: E402
+from sae.train.postprocess import feature_thresholds, fold_and_normalise, inference_stats, jumprelu_threshold  # noqa: E402
 from sae.train import SAESpec, train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -47,7 +47,7 @@ ROWS = {
 
 
 def heldout_activations() -> torch.Tensor:
-    """Every held-out token at the hook, one document per row (as `sae.evaluate` reads them), cached."""
+    """Every held-out token at the hook, one document per row (as `sae.eval.evaluate` reads them), cached."""
     stream = ActivationStream("embedded", source="embedded-heldout", hooks=[HOOK], max_tokens=1_000_000,
                               shuffle=False, cache=True)
     return torch.cat([c[HOOK] for c in stream.chunks()]).float()

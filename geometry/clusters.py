@@ -39,8 +39,8 @@ import sae
 from sae.errors import run_cli
 from sae.io import write_json, write_text
 
-from .options import GeometryError
-from .similarity import top_k_cosine, unit_rows
+from geometry.options import GeometryError
+from geometry.similarity import top_k_cosine, unit_rows
 
 METHODS = ("leiden", "hdbscan")
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
@@ -343,7 +343,7 @@ def map_figure(points: pd.DataFrame, clusters: pd.DataFrame | None = None, *, an
 def read_labels(folder: str | Path | None, names: list[str]) -> dict[str, pd.DataFrame]:
     """Label tables `<folder>/<name>.csv`, where present: name = the spec made file-safe (demo:L15R-8x ->
     demo_L15R-8x.csv, as geometry.neighborhood writes them) or, for a folder, its last part."""
-    from sae.contexts import folder_name
+    from sae.interp.contexts import folder_name
 
     if folder is None:
         return {}

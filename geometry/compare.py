@@ -24,9 +24,9 @@ import sae
 from sae.errors import run_cli
 from sae.io import write_json, write_text
 
-from . import matching, novelty
-from .options import GeometryError, Options
-from .similarity import resolve, top_k_cosine, unit_rows
+from geometry import matching, novelty
+from geometry.options import GeometryError, Options
+from geometry.similarity import resolve, top_k_cosine, unit_rows
 
 SCHEMA = "geometry.compare/1"
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
@@ -65,7 +65,7 @@ class Comparison:
     agreement: pd.DataFrame | None = None  # geometric class x functional class (with activations)
 
     def text(self) -> str:
-        from .report import summary_text
+        from geometry.report import summary_text
 
         return summary_text(self.summary)
 
@@ -74,7 +74,7 @@ class Comparison:
 
     def write(self, folder: str | Path, *, max_points: int = 20000) -> Path:
         """CSV tables, summary.json and a self-contained report.html into `folder`."""
-        from .report import report_html
+        from geometry.report import report_html
 
         folder = Path(folder)
         tables = {"features_a": self.features_a, "features_b": self.features_b, "families": self.families,

@@ -11,7 +11,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
 
-from .similarity import Neighbors
+from geometry.similarity import Neighbors
 
 FAMILY_TYPES = ("1:1", "split", "merge", "tangled", "novel", "lost")
 

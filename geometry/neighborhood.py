@@ -42,11 +42,11 @@ from sae import load as load_sae
 from sae.errors import run_cli
 from sae.io import write_json, write_text
 
-from . import novelty
-from .clusters import decoder_rows, label_lookup, sae_colors, umap_2d
-from .compare import epsilon
-from .options import GeometryError, Options
-from .similarity import top_k_cosine
+from geometry import novelty
+from geometry.clusters import decoder_rows, label_lookup, sae_colors, umap_2d
+from geometry.compare import epsilon
+from geometry.options import GeometryError, Options
+from geometry.similarity import top_k_cosine
 
 SEED_COLUMNS = ["feature", "keyword", "score", "label", "token_score", "title_score", "n_contexts"]
 
@@ -127,12 +127,12 @@ def find_seeds(source, keywords: str | Iterable[str], *, labels: pd.DataFrame | 
                min_score: float = 0.1, min_contexts: int = 3) -> pd.DataFrame:
     """Features matching keywords, one row per (feature, keyword) with score >= min_score, best first.
 
-    source: a `sae.contexts.TopContexts` (scores from the top contexts' words and document titles) or a
-    label table from `sae.labels.label_features` (scores from its top tokens and titles). score =
+    source: a `sae.interp.contexts.TopContexts` (scores from the top contexts' words and document titles) or a
+    label table from `sae.interp.labels.label_features` (scores from its top tokens and titles). score =
     max(token_score, title_score); features with fewer than `min_contexts` top contexts (or, for a label
     table, n_contexts when it has that column) are left out. label from `labels` (or the table itself;
     for contexts without `labels`, computed by the offline labeller for the hits)."""
-    from sae.contexts import TopContexts
+    from sae.interp.contexts import TopContexts
 
     patterns = {k: keyword_pattern(k) for k in _keywords(keywords)}
     if isinstance(source, TopContexts):
@@ -141,11 +141,11 @@ def find_seeds(source, keywords: str | Iterable[str], *, labels: pd.DataFrame | 
         scores = _label_scores(source, patterns)
         labels = source if labels is None else labels
     else:
-        raise GeometryError("find_seeds needs TopContexts (sae.contexts) or a label table (feature, label, ...)")
+        raise GeometryError("find_seeds needs TopContexts (sae.interp.contexts) or a label table (feature, label, ...)")
     scores["score"] = scores[["token_score", "title_score"]].max(axis=1)
     hits = scores[(scores["score"] >= min_score) & (scores["n_contexts"] >= min_contexts)].copy()
     if labels is None and len(hits):
-        from sae.labels import label_features
+        from sae.interp.labels import label_features
 
         labels = label_features(source, features=np.unique(hits["feature"]))
     hits["label"] = label_lookup(labels, hits["feature"].to_numpy())
@@ -169,9 +169,9 @@ def concept_seeds(sae, texts_a: Iterable[str], texts_b: Iterable[str], *, model=
     """Features whose decoder rows point along a concept: v = mean activation (at the SAE's input site)
     over texts_a minus over texts_b, at most `tokens` ordinary tokens each; the n rows with the largest
     cos(row, v). Returns DataFrame (feature, cos), best first."""
-    from sae.activations import ActivationStream
-    from sae.evaluate import sae_sites
-    from sae.sites import load_model
+    from sae.data.stream import ActivationStream
+    from sae.eval.evaluate import sae_sites
+    from sae.lm.sites import load_model
 
     if isinstance(sae, (str, Path)):
         sae = load_sae(sae)
@@ -403,7 +403,7 @@ def parse_members(text: str) -> dict[str, int]:
 
 
 def _read_texts(path: Path) -> list[str]:
-    from sae.data import iter_texts
+    from sae.data.text import iter_texts
 
     return list(iter_texts(path))
 
@@ -448,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from sae.contexts import collect_contexts, folder_name
-    from sae.labels import label_features
+    from sae.interp.contexts import collect_contexts, folder_name
+    from sae.interp.labels import label_features
 
     if args.no_labels and args.keywords:
         raise GeometryError("--keywords needs the top contexts: drop --no-labels")

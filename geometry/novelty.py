@@ -17,8 +17,8 @@ from itertools import product
 import numpy as np
 import torch
 
-from .options import GeometryError, Options
-from .similarity import one_thread
+from geometry.options import GeometryError, Options
+from geometry.similarity import one_thread
 
 CLASSES = ("same", "refined", "composite", "novel", "ambiguous")
 

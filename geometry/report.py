@@ -13,7 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .novelty import CLASSES
+from geometry.novelty import CLASSES
 
 _COLORS = {"same": "#2ca02c", "refined": "#1f77b4", "composite": "#ff7f0e", "novel": "#d62728", "ambiguous": "#7f7f7f"}
 

@@ -1,6 +1,6 @@
 """Sparse autoencoders on Llama-family models: load (Llama Scope, SAELens, native), train, evaluate."""
 
-from .errors import (
+from sae.errors import (
     BadNameError,
     FetchError,
     FormatError,
@@ -9,9 +9,9 @@ from .errors import (
     ShapeError,
     install_excepthook,
 )
-from .formats import load, save
-from .formats.names import SAEName, parse_name
-from .model import SAEMeta, SparseAutoencoder, SparseCode
+from sae.formats import load, save
+from sae.formats.names import SAEName, parse_name
+from sae.model import SAEMeta, SparseAutoencoder, SparseCode
 
 install_excepthook()
 

@@ -16,7 +16,7 @@ import os
 from dataclasses import MISSING, field, fields
 from typing import Any
 
-from .errors import SAEError
+from sae.errors import SAEError
 
 
 def option(default: Any, help: str, **metadata: Any) -> Any:

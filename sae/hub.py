@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import FetchError, SAEFileError
-from .formats.names import SAEName
-from .io import cache_dir
+from sae.errors import FetchError, SAEFileError
+from sae.formats.names import SAEName
+from sae.io import cache_dir
 
 LOCAL_DIR_ENV = "LLAMA_SCOPE_DIR"
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ShapeError
+from sae.errors import ShapeError
 
 Activation = Literal["topk", "relu", "jumprelu"]
 ACTIVATIONS = ("topk", "relu", "jumprelu")
@@ -255,6 +255,6 @@ class SparseAutoencoder(nn.Module):
     # ---- files --------------------------------------------------------------------------------
     def save(self, path: str | Path, format: str = "native") -> Path:
         """Write the SAE to folder `path` as `native`, `saelens` or `llama-scope`; returns the folder."""
-        from .formats import save
+        from sae.formats import save
 
         return save(self, path, format=format)

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import torch
 
-from .errors import SAEError
+from sae.errors import SAEError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_CHOICES = ("auto", *DTYPES)

@@ -78,7 +78,7 @@ def tiny_llama_dir(tiny_llama, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smollm2():
-    from sae.embedded import load_model
+    from sae.lm.embedded import load_model
     from sae.errors import FetchError
 
     try:
@@ -110,7 +110,7 @@ TINY_DEMO_ARGS = "--distinct-tokens 2048 --epochs 2 --threshold-tokens 2048 --ev
 
 @pytest.fixture(scope="session")
 def isolated_cache(smollm2, tmp_path_factory):
-    from sae.embedded import corpus_articles
+    from sae.lm.embedded import corpus_articles
     from sae.io import cache_dir
 
     corpus_articles("heldout")  # fetched into the shared folder before it is linked

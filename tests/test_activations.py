@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from sae.activations import ActivationStream
-from sae.data import token_batches
+from sae.data.stream import ActivationStream
+from sae.data.text import token_batches
 from sae.errors import SAEError
-from sae.sites import SiteError, SiteRunner
+from sae.lm.sites import SiteError, SiteRunner
 
 HOOKS = ["blocks.1.hook_resid_post", "blocks.2.ln2.hook_normalized", "blocks.2.hook_mlp_out"]
 

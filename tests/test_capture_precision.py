@@ -10,12 +10,12 @@ import torch
 from conftest import make_tiny_llama
 
 from sae import SAEMeta, SparseAutoencoder, precision
-from sae.activations import ActivationStream
-from sae.data import TokenBatcher, token_batches
+from sae.data.stream import ActivationStream
+from sae.data.text import TokenBatcher, token_batches
 from sae.errors import SAEError
-from sae.evaluate import evaluate
-from sae.massive import massive_positions
-from sae.sites import SiteRunner
+from sae.eval.evaluate import evaluate
+from sae.data.massive import massive_positions
+from sae.lm.sites import SiteRunner
 
 SITES = ["blocks.2.hook_resid_post", "blocks.2.hook_attn_out", "blocks.2.hook_mlp_out", "blocks.2.ln2.hook_normalized"]
 

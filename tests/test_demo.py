@@ -91,7 +91,7 @@ def _fake_training(calls: list, root):
 
 
 def test_build_suite_resumes_same_settings_and_restarts_other(tmp_path, monkeypatch):
-    from sae import demo
+    from sae.pipelines import demo
 
     monkeypatch.setenv("SAE_CACHE", str(tmp_path))
     root = tmp_path / "demo"
@@ -116,7 +116,7 @@ def test_build_suite_resumes_same_settings_and_restarts_other(tmp_path, monkeypa
 
 
 def test_demo_settings_come_from_flags_and_environment(monkeypatch):
-    from sae import demo
+    from sae.pipelines import demo
 
     monkeypatch.setenv("DEMO_EPOCHS", "3")
     parser = argparse.ArgumentParser()

@@ -16,9 +16,9 @@ from conftest import TINY_D, make_tiny_llama
 
 import sae
 from sae import SAEMeta, SparseAutoencoder
-from sae.data import token_batches
-from sae.evaluate import EVAL_COLUMNS, FREQUENCY_COLUMNS, POSITION_COLUMNS, build_parser, evaluate, main
-from sae.sites import SiteError
+from sae.data.text import token_batches
+from sae.eval.evaluate import EVAL_COLUMNS, FREQUENCY_COLUMNS, POSITION_COLUMNS, build_parser, evaluate, main
+from sae.lm.sites import SiteError
 
 D = TINY_D
 

@@ -1,6 +1,6 @@
-"""Paper figures from tables (geometry.figures): every figure on small synthetic tables (traces, axes,
+"""Paper figures from tables (geometry.plot.figures): every figure on small synthetic tables (traces, axes,
 labels and the numbers they carry, checked against the tables), bad tables, draw_all, the CLI and
-`make figures`; and the figures drawn from tables that sae.evaluate / geometry.compare really wrote."""
+`make figures`; and the figures drawn from tables that sae.eval.evaluate / geometry.compare really wrote."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-from geometry import figures as F
+from geometry.plot import figures as F
 from geometry.compare import compare
 from sae.errors import FormatError, SAEError, SAEFileError
-from sae.evaluate import EVAL_COLUMNS, FREQUENCY_COLUMNS, POSITION_COLUMNS
+from sae.eval.evaluate import EVAL_COLUMNS, FREQUENCY_COLUMNS, POSITION_COLUMNS
 from sae.train import LOG_FIELDS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -334,7 +334,7 @@ def test_fig12_mse_and_alive_by_step_per_run():
 
 def test_fig12_from_real_training_logs(tmp_path):
     """sae.train's own log.csv of two tiny runs (with and without K-annealing) draws Fig. 12."""
-    from sae.synthetic import SyntheticData
+    from sae.data.synthetic import SyntheticData
     from sae.train import SAESpec, TrainConfig, read_log, train
 
     data = SyntheticData(d=32, n_parents=24, seed=0).sample(4096)
@@ -485,12 +485,12 @@ def test_make_figures(data_dir, tmp_path):
 
 # ---- figures from tables the project's own tools wrote ---------------------------------------------------
 def test_figures_from_a_real_evaluation(tiny_llama, tiny_corpus, tmp_path):
-    """sae.evaluate on a tiny random Llama writes eval/frequencies/positions tables; Figs. 2, 4, 5, 10
+    """sae.eval.evaluate on a tiny random Llama writes eval/frequencies/positions tables; Figs. 2, 4, 5, 10
     and 11 draw from them and carry their numbers."""
     from conftest import TINY_D
     from test_evaluate import random_sae
 
-    from sae.evaluate import evaluate
+    from sae.eval.evaluate import evaluate
 
     model, tok = tiny_llama
     saes = {f"L{layer}R-{w}x{suffix}": random_sae(f"blocks.{layer}.hook_resid_post", activation=arch, seed=layer + w,
@@ -518,7 +518,7 @@ def test_figures_from_a_real_evaluation(tiny_llama, tiny_corpus, tmp_path):
 def test_figures_from_the_embedded_model(smollm2, tmp_path):
     """A few hundred held-out tokens of SmolLM2 through a demo-suite-shaped SAE: Figs. 2 and 5."""
     from sae import SAEMeta, SparseAutoencoder
-    from sae.evaluate import evaluate
+    from sae.eval.evaluate import evaluate
 
     model, tok = smollm2
     g = torch.Generator().manual_seed(0)

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sae.demo import DemoSettings
+from sae.pipelines.demo import DemoSettings
 from sae.errors import SAEError
-from sae.grid import GridSettings, build, layer_specs, main
+from sae.pipelines.grid import GridSettings, build, layer_specs, main
 
 
 def test_layer_specs():

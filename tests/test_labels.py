@@ -1,4 +1,4 @@
-"""sae.labels: the offline labeller finds planted words and titles; the LLM explainer against a local fake server."""
+"""sae.interp.labels: the offline labeller finds planted words and titles; the LLM explainer against a local fake server."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sae.contexts import TopContexts, top_contexts
-from sae.labels import ExplainerError, explain_features, format_contexts, label_features, parse_reply
+from sae.interp.contexts import TopContexts, top_contexts
+from sae.interp.labels import ExplainerError, explain_features, format_contexts, label_features, parse_reply
 from sae.model import SAEMeta, SparseAutoencoder
 
 FILLER = ["the rain fell on the old town all night", "a small boat crossed the lake at dawn",

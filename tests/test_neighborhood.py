@@ -25,7 +25,7 @@ from geometry.neighborhood import (
 from geometry.options import GeometryError
 from geometry.planted import planted
 from geometry.similarity import unit_rows
-from sae.contexts import top_contexts
+from sae.interp.contexts import top_contexts
 from sae.errors import run_cli
 from sae.model import SAEMeta, SparseAutoencoder
 

@@ -1,4 +1,4 @@
-"""Mixed parallelism (sae.parallel) with real processes: gloo on CPU, 2 and 4 processes on 127.0.0.1.
+"""Mixed parallelism (sae.train.parallel) with real processes: gloo on CPU, 2 and 4 processes on 127.0.0.1.
 
 Each process group runs once (a module fixture) and writes what it computed; the tests compare that with
 one process. Layouts: 2 processes as tp 2 and as ddp 2; 4 processes as tp 4 and as ddp 2 x tp 2.
@@ -29,8 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae import SAEError, load
-from sae.parallel import topk_by_bits
-from sae.synthetic import SyntheticData
+from sae.train.parallel import topk_by_bits
+from sae.data.synthetic import SyntheticData
 from sae.train import SAESpec, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from sae.parallel import setup
+    from sae.train.parallel import setup
 
     first = setup(world, timeout_s=120)
     out = Path(out)
@@ -186,7 +186,7 @@ def _checkpoint_scenario(sh, out: Path) -> None:
 
 def _stream(rank: int, world: int):
     from conftest import TINY_CORPUS, make_tiny_llama, make_tiny_tokenizer
-    from sae.activations import ActivationStream
+    from sae.data.stream import ActivationStream
 
     corpus = [f"Article {i}. {text}" for i, text in enumerate(TINY_CORPUS)]  # 32 distinct documents
     return ActivationStream(make_tiny_llama(), make_tiny_tokenizer(), source=corpus, hooks=["blocks.1.hook_resid_post"],
@@ -382,7 +382,7 @@ def test_layouts_that_do_not_split_are_refused(runs):
 
 
 def test_tp_without_torchrun_is_one_clear_error(tmp_path):
-    from sae.parallel import Sharding, setup
+    from sae.train.parallel import Sharding, setup
 
     assert type(setup(1)) is Sharding  # one process: the identity
     with pytest.raises(SAEError, match="torchrun --nproc-per-node 2"):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from sae import load
-from sae.postprocess import fold_and_normalise, jumprelu_threshold, postprocess, postprocess_to
-from sae.synthetic import SyntheticData
+from sae.train.postprocess import fold_and_normalise, jumprelu_threshold, postprocess, postprocess_to
+from sae.data.synthetic import SyntheticData
 from sae.train import SAESpec, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TINY_D, TINY_LAYERS, make_tiny_llama
 
-from sae.sites import Site, SiteError, SiteRunner, Splice, check_finite, parse_site, position_sites
+from sae.lm.sites import Site, SiteError, SiteRunner, Splice, check_finite, parse_site, position_sites
 
 
 def _ids(batch=3, T=20, seed=0, pad_row=True):
@@ -193,7 +193,7 @@ def test_check_finite_says_where():
 
 @pytest.mark.real_model
 def test_sites_on_smollm2(smollm2):
-    from sae.data import token_batches
+    from sae.data.text import token_batches
 
     model, tok = smollm2
     runner = SiteRunner(model)

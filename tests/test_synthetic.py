@@ -3,7 +3,7 @@ training (budgets stated in each test)."""
 
 import torch
 
-from sae.synthetic import SyntheticData, recovery
+from sae.data.synthetic import SyntheticData, recovery
 from sae.train import SAESpec, TrainConfig, train
 
 

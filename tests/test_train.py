@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sae import ShapeError, SAEError, load
-from sae.synthetic import SyntheticData
+from sae.data.synthetic import SyntheticData
 from sae.train import SAESpec, TrainConfig, TrainingError, _Job, init_sae, latest_checkpoint, train, validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,7 +284,7 @@ def test_validate_checks_spec_options():
 def test_r_a_m_tc_from_one_model_stream_and_resume(tiny_llama, tiny_corpus, tmp_path):
     """All four positions of a layer from one ActivationStream of a real (tiny, random) Llama; an
     interrupted run resumed from its checkpoint matches the uninterrupted one."""
-    from sae.activations import ActivationStream
+    from sae.data.stream import ActivationStream
     from sae.formats.names import hook_points
 
     model, tok = tiny_llama

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import BadNameError
+from sae.errors import BadNameError
 
 POSITIONS = ("R", "A", "M", "TC")
 _NAME = re.compile(r"L(\d+)([A-Z]+)-(\d+)x(?:-(TopK|Vanilla))?")

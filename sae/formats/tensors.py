@@ -10,8 +10,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import FormatError, SAEFileError
-from ..io import atomic_path
+from sae.errors import FormatError, SAEFileError
+from sae.io import atomic_path
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import SAEError, ShapeError
-from .precision import resolve_dtype
+from sae.errors import SAEError, ShapeError
+from sae.precision import resolve_dtype
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "tc_in")
@@ -398,7 +398,7 @@ def load_model(spec: str = "embedded", *, device: str | torch.device | None = No
     """
     dtype = resolve_dtype(dtype, device)
     if spec in ("embedded", "embedded:smollm2"):
-        from .embedded import MODEL_NAME, load_model as load_embedded
+        from sae.lm.embedded import MODEL_NAME, load_model as load_embedded
 
         model, tokenizer = load_embedded(device=device, dtype=dtype)
         return model, tokenizer, MODEL_NAME
@@ -407,7 +407,7 @@ def load_model(spec: str = "embedded", *, device: str | torch.device | None = No
     try:
         config = AutoConfig.from_pretrained(spec, trust_remote_code=False)
     except Exception as e:  # missing folder, offline hub, unknown model type
-        from .errors import FetchError
+        from sae.errors import FetchError
 
         raise FetchError(f"cannot open model {spec!r} ({str(e).splitlines()[0][:300]})") from None
     if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:

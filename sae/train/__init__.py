@@ -21,7 +21,7 @@ rows) and in the backward pass (the encoder gradient is x^T G with G sparse, k e
 Checkpoints (safetensors + JSON, no pickles) hold the SAEs, Adam's moments, the step, k, the RNG and
 the data position; a run killed at any moment resumes to the same final weights.
 
-Under torchrun (`sae.parallel`, `--tp`) the same step runs on each process with a `Sharding` that does
+Under torchrun (`sae.train.parallel`, `--tp`) the same step runs on each process with a `Sharding` that does
 the collectives: data-parallel activations, SAE features split over a tensor-parallel group, the
 gradients averaged over data-parallel replicas; in one process every collective is the identity.
 """
@@ -45,13 +45,13 @@ import torch
 import torch.nn.functional as F
 import warnings
 
-from .errors import SAEError, ShapeError, run_cli
-from .formats.tensors import read_json, read_tensors, write_tensors
-from .io import write_json
-from .model import SAEMeta, SparseAutoencoder
-from .parallel import PARAM_NAMES, SHARD_DIMS, Sharding
-from .massive import MASSIVE_FACTOR
-from .precision import DTYPE_CHOICES, resolve_dtype
+from sae.errors import SAEError, ShapeError
+from sae.formats.tensors import read_json, read_tensors, write_tensors
+from sae.io import write_json
+from sae.model import SAEMeta, SparseAutoencoder
+from sae.train.parallel import PARAM_NAMES, SHARD_DIMS, Sharding
+from sae.data.massive import MASSIVE_FACTOR
+from sae.precision import DTYPE_CHOICES, resolve_dtype
 
 # Vanilla (ReLU + L1) default: lambda multiplies mean_tokens(sum_i f_i ||W_dec,i||) against the
 # per-element MSE in normalised space. Measured on the embedded model's L15R (8x, 60 steps x 2,048 tokens):
@@ -233,7 +233,7 @@ class DataSource:
     """
 
     def __init__(self, source: Any, batch_size: int, seed: int = 0, sharding: Sharding | None = None):
-        from .synthetic import SyntheticData
+        from sae.data.synthetic import SyntheticData
 
         self.source = source
         self.sharding = sharding or Sharding()
@@ -839,7 +839,7 @@ def train(
     out_dir: where checkpoints, logs, configs and the trained SAEs go (None: keep in memory only).
     resume: continue from out_dir's latest checkpoint (a run without one starts fresh).
     stop_after: end after this many steps of this call (tests; the schedule still spans the whole run).
-    sharding: `sae.parallel.setup(tp)` under torchrun (default: one process). Every rank calls train()
+    sharding: `sae.train.parallel.setup(tp)` under torchrun (default: one process). Every rank calls train()
     with the same arguments; rank 0 writes the files and shows progress, every rank gets the whole
     trained SAEs back (`logs` only on rank 0). `batch_size` is the global batch over all ranks.
     """
@@ -1082,7 +1082,7 @@ def add_data_arguments(p: argparse.ArgumentParser, default_dataset: str | None =
     g.add_argument("--model", default="embedded", help="language model: 'embedded' (SmolLM2-135M, offline) or an HF folder/name")
     g.add_argument("--dataset", default=default_dataset or "embedded-train",
                    help="text source for the model (embedded-train, a .txt/.jsonl/.parquet file or folder, hf:NAME), "
-                   "or 'synthetic' for ground-truth activations from sae.synthetic (hook 'x')")
+                   "or 'synthetic' for ground-truth activations from sae.data.synthetic (hook 'x')")
     g.add_argument("--synthetic", default="", metavar="KEY=VAL,...",
                    help="SyntheticConfig fields for --dataset synthetic, e.g. d=64,n_parents=64")
     g.add_argument("--activations", type=Path, help="a safetensors file of activations keyed by hook name (or 'x'); "
@@ -1095,7 +1095,7 @@ def add_data_arguments(p: argparse.ArgumentParser, default_dataset: str | None =
                    help="dtype of the language model: auto = bfloat16 where the hardware has fast bf16 "
                    "(AVX512-BF16/AMX CPUs, CUDA), float32 elsewhere")
     g.add_argument("--massive-factor", type=float, default=MASSIVE_FACTOR,
-                   help="leave out positions whose norm exceeds this many times the site's median (sae.massive); 0 = keep all")
+                   help="leave out positions whose norm exceeds this many times the site's median (sae.data.massive); 0 = keep all")
     g.add_argument("--cache", action="store_true", help="cache activations on disk (later runs and resumes skip the model)")
     g.add_argument("--buffer-tokens", type=_parse_count, default=65_536,
                    help="shuffle buffer of the activation stream, per process (default 65,536, Llama Scope's)")
@@ -1115,13 +1115,13 @@ def open_source(args: argparse.Namespace, hooks: list[str], *, batch_size: int, 
             raise SAEError(f"{args.activations} has no site {missing[0]!r}; it has {', '.join(sorted(t))}")
         return {h: t[h] for h in hooks}
     if args.dataset == "synthetic":
-        from .synthetic import SyntheticData
+        from sae.data.synthetic import SyntheticData
 
         bad = [h for h in hooks if h != "x"]
         if bad:
             raise SAEError(f"unknown site {bad[0]!r}: synthetic activations have one site, 'x'")
         return SyntheticData(**{"seed": args.seed, **_parse_kv(args.synthetic)})  # one dictionary per --seed
-    from .activations import ActivationStream
+    from sae.data.stream import ActivationStream
 
     model, tokenizer = args.model, None
     if isinstance(reuse, ActivationStream):
@@ -1139,7 +1139,7 @@ def first_tokens(source: Any, hooks: list[str], n: int) -> dict[str, torch.Tenso
     """The first n rows of every hook, in memory (for post-processing several SAEs from one read)."""
     if isinstance(source, dict):
         return {h: source[h][:n] for h in hooks}
-    from .synthetic import SyntheticData
+    from sae.data.synthetic import SyntheticData
 
     parts: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     seen = 0
@@ -1158,7 +1158,7 @@ def first_tokens(source: Any, hooks: list[str], n: int) -> dict[str, torch.Tenso
 def spec_from_arg(text: str, args: argparse.Namespace) -> SAESpec:
     """`L15R-8x`, `L15TC-32x`, `L15R-8x-Vanilla` (the paper's names: sites and width from the name),
     or `NAME=HOOK_IN[->HOOK_OUT]` for any site (width from --expansion / --n-features)."""
-    from .formats.names import looks_like_name, parse_name
+    from sae.formats.names import looks_like_name, parse_name
 
     common = dict(k=args.k, k_anneal=not args.no_k_anneal, n_features=args.n_features)
     if "=" in text:
@@ -1173,7 +1173,7 @@ def spec_from_arg(text: str, args: argparse.Namespace) -> SAESpec:
     hook_in, hook_out = name.hooks
     model = "HuggingFaceTB/SmolLM2-135M-Instruct" if args.model == "embedded" else args.model
     if suite == "demo":  # the width is known before the model loads, so bad k / widths fail at once
-        from .formats.names import SUITES
+        from sae.formats.names import SUITES
 
         common.update(d_in=SUITES["demo"].d_model, d_out=SUITES["demo"].d_model)
     return SAESpec(
@@ -1266,7 +1266,7 @@ def main(argv: list[str] | None = None) -> int:
         log_every=args.log_every, device=args.device, threads=args.threads,
     )
     validate(specs, config, None)  # k, options: before the model is loaded
-    from .parallel import setup
+    from sae.train.parallel import setup
 
     sharding = setup(args.tp, device=args.device)  # one process without torchrun
     try:
@@ -1290,7 +1290,7 @@ def _train_and_postprocess(args: argparse.Namespace, specs: list[SAESpec], confi
     source = open_source(args, hooks, batch_size=config.batch_size // sh.world, max_tokens=distinct, seed=args.seed,
                          shard=(sh.rank, sh.world))
     if hasattr(source, "hooks"):  # the stream canonicalises short site names (L15R -> blocks.15.hook_resid_post)
-        from .sites import parse_site
+        from sae.lm.sites import parse_site
 
         for s in specs:
             s.hook_in = parse_site(s.hook_in).hook
@@ -1302,7 +1302,7 @@ def _train_and_postprocess(args: argparse.Namespace, specs: list[SAESpec], confi
           f"{result.tokens_per_second:,.0f} tokens/s{f' ({sh.describe()})' if sh.world > 1 else ''}; run folder {args.out}")
     if args.no_postprocess:
         return 0
-    from .postprocess import fold_and_normalise, postprocess_to
+    from sae.train.postprocess import fold_and_normalise, postprocess_to
 
     topk = {name: sae for name, sae in result.saes.items() if sae.activation == "topk"}
     acts: dict[str, torch.Tensor] = {}
@@ -1320,7 +1320,3 @@ def _train_and_postprocess(args: argparse.Namespace, specs: list[SAESpec], confi
         print(f"{name}: {res.calibration} JumpReLU thresholds over {res.n_tokens} tokens -> {folder}")
         print(res.report.to_string(index=False))
     return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -10,7 +10,7 @@
 
 - One forward per token batch captures every hook, and stops after the last block needed.
 - BOS/EOS/pad (and any other special token) positions are dropped before anything else, and so are
-  massive-activation positions (`sae.massive`: norm > 10x the site's median in the token batch, at any
+  massive-activation positions (`sae.data.massive`: norm > 10x the site's median in the token batch, at any
   hook of the stream); `massive_tokens` counts them.
 - A model given by name loads in `model_dtype` ("auto": bfloat16 where the hardware has fast bf16,
   float32 elsewhere, `sae.precision`); batches come out in `dtype` (float32), the cache keeps the
@@ -42,12 +42,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .data import TokenBatch, TokenBatcher, describe_source, iter_texts, resolve_context
-from .errors import SAEError
-from .io import atomic_path, cache_dir, write_json
-from .massive import MASSIVE_FACTOR, massive_positions
-from .precision import resolve_dtype
-from .sites import SiteRunner, check_finite, load_model, model_name
+from sae.data.text import TokenBatch, TokenBatcher, describe_source, iter_texts, resolve_context
+from sae.errors import SAEError
+from sae.io import atomic_path, cache_dir, write_json
+from sae.data.massive import MASSIVE_FACTOR, massive_positions
+from sae.precision import resolve_dtype
+from sae.lm.sites import SiteRunner, check_finite, load_model, model_name
 
 CACHE_VERSION = 2
 SHARD_TOKENS = 65_536  # tokens per cache shard

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from .errors import SAEError
-from .model import SparseAutoencoder
+from sae.errors import SAEError
+from sae.model import SparseAutoencoder
 
 # Tensor-parallel placement of each training tensor: the dimension split over "tp" (None = replicated).
 SHARD_DIMS: dict[str, int | None] = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "b_dec": None, "threshold": 0, "last_fired": 0}

@@ -1,7 +1,7 @@
 """Feature labels from top-activating contexts: an offline default, and an optional LLM explainer.
 
-    from sae.contexts import TopContexts
-    from sae.labels import label_features, explain_features
+    from sae.interp.contexts import TopContexts
+    from sae.interp.labels import label_features, explain_features
     ctx = TopContexts.load("out/contexts/L15R-8x")
     labels = label_features(ctx)            # feature, label, top_tokens, top_titles, score, n_contexts
     expl = explain_features(ctx, [12, 345]) # feature, description, score (1-5); needs SAE_EXPLAINER_URL
@@ -42,8 +42,8 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from .contexts import TopContexts
-from .errors import SAEError
+from sae.interp.contexts import TopContexts
+from sae.errors import SAEError
 
 ENV_URL, ENV_MODEL, ENV_KEY = "SAE_EXPLAINER_URL", "SAE_EXPLAINER_MODEL", "SAE_EXPLAINER_KEY"
 LABEL_COLUMNS = ["feature", "label", "top_tokens", "top_titles", "score", "n_contexts"]

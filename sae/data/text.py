@@ -2,7 +2,7 @@
 
 Sources (`iter_texts`):
 - `"embedded"`, `"embedded-heldout"`, `"embedded-train"`: the embedded Wikipedia-summaries corpus
-  (`sae.embedded`; "embedded" is the held-out split);
+  (`sae.lm.embedded`; "embedded" is the held-out split);
 - a `.txt` file (documents separated by blank lines), a `.jsonl` file (one JSON object per line, the
   `text` field, or a bare JSON string), a `.parquet` file (the `text` column; needs pyarrow), or a
   folder of such files (sorted by name);
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .errors import SAEError, SAEFileError
+from sae.errors import SAEError, SAEFileError
 
 DEFAULT_CONTEXT = 1024
 EMBEDDED_SOURCES = {"embedded": "heldout", "embedded-heldout": "heldout", "embedded-train": "train"}
@@ -61,7 +61,7 @@ def iter_documents(source: Any, *, text_field: str = "text", title_field: str = 
     if isinstance(source, (str, Path)):
         text = str(source)
         if text in EMBEDDED_SOURCES:
-            from .embedded import corpus_documents
+            from sae.lm.embedded import corpus_documents
 
             yield from corpus_documents(EMBEDDED_SOURCES[text])
             return

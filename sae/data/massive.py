@@ -9,7 +9,7 @@ would dominate pooled metrics, the dataset-wise normalisation and the training l
 The rule: **a position is massive when its activation norm at any site of the run exceeds
 `MASSIVE_FACTOR` (10) times the median norm of that site over the ordinary positions of its token
 batch.** It is applied on top of the special-token mask in the activation stream (training batches and
-the dataset-wise normalisation), in `sae.evaluate` (every metric, the LM metrics included: massive
+the dataset-wise normalisation), in `sae.eval.evaluate` (every metric, the LM metrics included: massive
 positions keep the model's own activation and are not scored, as BOS) and in top-context collection.
 The tables report how many positions it left out (`massive_tokens`). `massive_factor=0` turns it off.
 """

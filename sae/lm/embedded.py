@@ -31,8 +31,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FetchError, SAEFileError
-from .io import atomic_path, cache_dir
+from sae.errors import FetchError, SAEFileError
+from sae.io import atomic_path, cache_dir
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Drawing: the paper's figures from evaluation and comparison tables (`figures`). Computes nothing."""

@@ -1,0 +1,1 @@
+"""Interpreting features: top activating contexts (`contexts`) and labels from them (`labels`)."""

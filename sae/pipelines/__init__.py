@@ -1,0 +1,1 @@
+"""End-to-end pipelines as functions of a settings object: the demo suite (`demo`) and the figure grid (`grid`)."""
