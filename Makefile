@@ -13,7 +13,7 @@ FIGURES_DATA ?= figures/data
 FIGURES_OUT ?= figures
 FIGURES_FORMAT ?= html,png,svg
 
-.PHONY: setup test demo figures clean-venv
+.PHONY: setup test demo figures docs clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +39,13 @@ demo: setup
 		--none-ok --out $(DEMO_OUT)/threats
 	@echo "demo results: $(DEMO_OUT)/eval/eval.csv, $(DEMO_OUT)/compare/report.html, $(DEMO_OUT)/threats/neighborhood.html"
 
-# The paper's data figures from the tables in FIGURES_DATA (README: Figures); PNG/SVG need a Chromium.
+# The paper's data figures from the tables in FIGURES_DATA (docs/figures.md); PNG/SVG need a Chromium.
 figures: setup
 	$(BIN)/python -m geometry.figures --data $(FIGURES_DATA) --out $(FIGURES_OUT) --format $(FIGURES_FORMAT)
+
+# The documentation (docs/, mkdocs.yml) as a site in site/; --strict fails on a broken link or a page outside the nav.
+docs: setup
+	$(BIN)/mkdocs build --strict -d site
 
 clean-venv:
 	rm -rf $(VENV)

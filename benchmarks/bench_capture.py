@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sae import SAEMeta, SparseAutoencoder  # noqa: E402
 from sae.data.stream import ActivationStream  # noqa: E402
 from sae.data.text import token_batches  # noqa: E402
-from sae.lm.embedded import load_model  # noqa: E402
 from sae.eval.evaluate import evaluate  # noqa: E402
+from sae.lm.embedded import load_model  # noqa: E402
+from sae.lm.runner import SiteRunner  # noqa: E402
 from sae.precision import dtype_name, fast_bf16, resolve_dtype  # noqa: E402
-from sae.lm.sites import SiteRunner  # noqa: E402
 
 
 def timed(fn) -> float:

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from geometry.compare import compare  # noqa: E402
 from geometry.planted import planted  # noqa: E402
-from geometry.similarity import _default_block, unit_rows  # noqa: E402
+from geometry.similarity import default_block as _default_block  # noqa: E402
+from geometry.similarity import unit_rows
 
 
 def make_data(scale: float, d: int, data: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ Per SAE, alternating `--repeats` times over the same held-out documents:
     beside it, encoding every token with the SAE (`encode_sparse`), and the top / random bookkeeping.
 Ordinary tokens per second, medians, and the ratio (b)/(a) (target >= 0.9), in wall-clock time and in
 process CPU time (all threads; less sensitive to other jobs on a shared machine). (b) also reports the
-share of its own wall time spent in the SAE (encoding) and in the bookkeeping (`_Collector.update`
+share of its own wall time spent in the SAE (encoding) and in the bookkeeping (`Collector.update`
 minus encoding), timed inside the same run. The SAEs read layer 15's
 residual stream: random JumpReLU SAEs of the demo's shapes (8x = 4,608 and 32x = 18,432 features) with
 one threshold set so that L0 = 50 on the benchmark's tokens (speed depends on the shape and L0, not on
@@ -35,10 +35,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sae  # noqa: E402
 from sae.data.stream import ActivationStream  # noqa: E402
-from sae.interp import contexts as ctx_module  # noqa: E402
+from sae.eval.resolve import sae_sites  # noqa: E402
+from sae.interp import collector as ctx_module  # noqa: E402
 from sae.interp.contexts import top_contexts  # noqa: E402
 from sae.lm.embedded import corpus_texts, load_model  # noqa: E402
-from sae.eval.evaluate import sae_sites  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -63,8 +63,8 @@ def timed(name: str, fn):
     return wrapper
 
 
-ctx_module._Collector.update = timed("update", ctx_module._Collector.update)
-ctx_module._Collector._active = timed("encode", ctx_module._Collector._active)
+ctx_module.Collector.update = timed("update", ctx_module.Collector.update)
+ctx_module.Collector._active = timed("encode", ctx_module.Collector._active)
 
 
 def contexts(model, tok, docs, sae_) -> int:

@@ -24,8 +24,9 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import sae  # noqa: E402
 from llama_scope_fixture import hyperparams  # noqa: E402
+
+import sae  # noqa: E402
 
 
 def write_checkpoint(folder: Path, d: int, f: int) -> Path:

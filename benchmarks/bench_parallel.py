@@ -34,9 +34,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sae.train.parallel import Sharding, setup  # noqa: E402
 from sae.precision import resolve_dtype  # noqa: E402
 from sae.train import SAESpec, TrainConfig, train  # noqa: E402
+from sae.train.parallel import Sharding, setup  # noqa: E402
 
 
 def activations(n: int, d: int, device: str, seed: int = 0) -> torch.Tensor:

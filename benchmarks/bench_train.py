@@ -88,7 +88,7 @@ def matmul_floor(B: int, d: int, F: int) -> dict:
 
 def selection_floor(B: int, d: int, F: int, k: int) -> dict:
     """What our step cannot go below on a CPU with bfloat16: the ranking matmul and the top-k."""
-    from sae.train.parallel import topk_by_bits
+    from sae.train.kernels import topk_by_bits
 
     x, W, b = torch.randn(B, d).bfloat16(), torch.randn(d, F).bfloat16(), torch.randn(F).bfloat16()
     s = seconds_per_call(lambda: topk_by_bits(torch.addmm(b, x, W), k))
@@ -101,8 +101,8 @@ def faster(a: dict, b: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------------
 def run_ours(x_train, x_eval, B, F, k, anneal: bool, lr: float = 8e-4, b_dec_init: str = "zero") -> dict:
-    from sae.train.postprocess import fold_and_normalise
     from sae.train import SAESpec, TrainConfig, train
+    from sae.train.postprocess import fold_and_normalise
 
     cfg = TrainConfig(total_tokens=x_train.shape[0], batch_size=B, log_every=10**9, lr=lr, b_dec_init=b_dec_init)
     t = time.perf_counter()

@@ -23,13 +23,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sae import load  # noqa: E402
-from sae.data.text import token_batches  # noqa: E402
-from sae.lm.embedded import corpus_texts, load_model  # noqa: E402
-from sae.eval.evaluate import evaluate, inference_variant  # noqa: E402
 from sae.data.massive import massive_positions  # noqa: E402
-from sae.train.postprocess import inference_stats  # noqa: E402
+from sae.data.text import token_batches  # noqa: E402
+from sae.eval.evaluate import evaluate  # noqa: E402
+from sae.eval.resolve import inference_variant  # noqa: E402
+from sae.lm.embedded import corpus_texts, load_model  # noqa: E402
+from sae.lm.runner import SiteRunner  # noqa: E402
 from sae.precision import fast_bf16  # noqa: E402
-from sae.lm.sites import SiteRunner  # noqa: E402
+from sae.train.postprocess import inference_stats  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bf16_fidelity.md"
 

@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sae.data.stream import ActivationStream  # noqa: E402
 from sae.pipelines.demo import HOOK, DemoSettings, train_config, training_stream  # noqa: E402
-from sae.train.postprocess import feature_thresholds, fold_and_normalise, inference_stats, jumprelu_threshold  # noqa: E402
 from sae.train import SAESpec, train  # noqa: E402
+from sae.train.postprocess import feature_thresholds, fold_and_normalise, inference_stats, jumprelu_threshold  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 D = DemoSettings()

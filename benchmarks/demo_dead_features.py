@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sae.interp.contexts import TopContexts, folder_name  # noqa: E402
+from sae.interp.contexts import folder_name  # noqa: E402
+from sae.interp.store import TopContexts  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "demo_dead_features.md"
 

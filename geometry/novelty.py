@@ -4,7 +4,7 @@
   candidate A rows (OMP with an exact non-negative least-squares refit at each step). It works in the
   Gram space of the candidates: the cosines to the target are already known from the top-k pass, so
   only the candidates' Gram matrix is computed.
-- `classify`: same / refined / composite / novel / ambiguous, by the rule of geometry_methods.md.
+- `classify`: same / refined / composite / novel / ambiguous, by the rule of docs/methods.md.
 - `insertion_test`: Leask et al.'s test, closed form: inserting B's latent j into A changes the MSE
   on cached activations by mean_x[a_j^2 ||d_j||^2 - 2 a_j <x - x_hat_A, d_j>]; novel iff < 0.
 """
@@ -78,12 +78,13 @@ def _greedy_nn(G: torch.Tensor, c: torch.Tensor, avail: torch.Tensor, T: int):
         avail[rows[go], j[go]] = False
         S = sel.clamp_min(0)
         Gss = G.gather(1, S[:, :, None].expand(m, T, K)).gather(2, S[:, None, :].expand(m, T, T))
-        w, r2 = _nnls(Gss, c.gather(1, S), sel >= 0, t + 1)
+        w, r2 = support_nnls(Gss, c.gather(1, S), sel >= 0, t + 1)
         w_full = torch.zeros(m, K).scatter_add_(1, S, w)
     return sel, w, r2
 
 
-def _nnls(G: torch.Tensor, c: torch.Tensor, active: torch.Tensor, n_slots: int):
+def support_nnls(G: torch.Tensor, c: torch.Tensor, active: torch.Tensor,
+                 n_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact non-negative least squares over the first n_slots (<= 4 or 5) atoms: the best feasible
     solution among all supports (the optimum is the unconstrained fit on its own support), every
     support solved in one batched call. G [m, T, T], c [m, T] -> weights [m, T], R^2 [m]."""

@@ -1,36 +1,36 @@
-"""Every threshold and knob of `compare`, with the defaults of geometry_methods.md and the help text
+"""Every threshold and knob of `compare`, with the defaults of docs/methods.md and the help text
 the command line shows (`python -m geometry.compare --help` is generated from these fields)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import argparse
+from dataclasses import MISSING, dataclass, fields
+from typing import Any
 
 from sae import SAEError
+from sae.cli import option
 
 
 class GeometryError(SAEError, ValueError):
     """A bad option or input to a comparison (the command line prints it as one line)."""
 
 
-def _opt(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class Options:
-    cut: float = _opt(0.7, "cosine cut: parent-child edges, the family graph, and 'refined' (best cos >= cut)")
-    same: float = _opt(0.9, "'same': best cos >= this and mutual nearest neighbours")
-    composite_r2: float = _opt(0.7, "'composite': R^2 of the non-negative decomposition at least this ...")
-    composite_gain: float = _opt(0.15, "... and at least this much above the best single atom's R^2")
-    novel_r2: float = _opt(0.5, "'novel': best cos < cut and decomposition R^2 below this")
-    max_atoms: int = _opt(4, "atoms in the non-negative decomposition of a B feature")
-    candidates: int = _opt(16, "top A candidates per B feature the decomposition chooses from (at most k)")
-    k: int = _opt(32, "neighbours kept per feature in both directions (the cached similarity pass)")
-    assign_tau: float = _opt(0.7, "one-to-one assignment: only pairs above this cosine are matched")
-    baseline_samples: int = _opt(1024, "random directions for the baseline (at most; n/64, at least 128, for smaller SAEs)")
-    dead_freq: float = _opt(0.0, "features firing at most this often are dead (when frequencies are known)")
-    rows: str = _opt("decoder", "compare 'decoder' rows (feature directions) or 'encoder' rows")
-    seed: int = _opt(0, "seed of the random baseline")
+    cut: float = option(0.7, "cosine cut: parent-child edges, the family graph, and 'refined' (best cos >= cut)")
+    same: float = option(0.9, "'same': best cos >= this and mutual nearest neighbours")
+    composite_r2: float = option(0.7, "'composite': R^2 of the non-negative decomposition at least this ...")
+    composite_gain: float = option(0.15, "... and at least this much above the best single atom's R^2")
+    novel_r2: float = option(0.5, "'novel': best cos < cut and decomposition R^2 below this")
+    max_atoms: int = option(4, "atoms in the non-negative decomposition of a B feature")
+    candidates: int = option(16, "top A candidates per B feature the decomposition chooses from (at most k)")
+    k: int = option(32, "neighbours kept per feature in both directions (the cached similarity pass)")
+    assign_tau: float = option(0.7, "one-to-one assignment: only pairs above this cosine are matched")
+    baseline_samples: int = option(1024, "random directions for the baseline (at most; n/64, at least 128, for smaller SAEs)")
+    dead_freq: float = option(0.0, "features firing at most this often are dead (when frequencies are known)")
+    rows: str = option("decoder", "compare 'decoder' rows (feature directions) or 'encoder' rows",
+                       choices=("decoder", "encoder"))
+    seed: int = option(0, "seed of the random baseline")
 
     def __post_init__(self):
         if self.rows not in ("decoder", "encoder"):
@@ -48,3 +48,23 @@ class Options:
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+def field_flag(cls: type, name: str) -> dict[str, Any]:
+    """argparse keywords for the flag of field `name` of dataclass `cls` (fields made with `sae.cli.option`):
+    its default (none for a required field), help and choices. Unlike `sae.cli.add_arguments` this keeps
+    argparse's own help format, store_true switches and positional arguments, so the geometry commands'
+    --help reads as it always has."""
+    f = next(f for f in fields(cls) if f.name == name)
+    kw: dict[str, Any] = {"help": f.metadata["help"]}
+    if f.default is not MISSING:
+        kw["default"] = f.default
+    if f.metadata.get("choices") is not None:
+        kw["choices"] = f.metadata["choices"]
+    return kw
+
+
+def add_option_flags(parser: argparse.ArgumentParser, cls: type = Options) -> None:
+    """One --flag per field of `cls` (underscores as dashes), typed by its default."""
+    for f in fields(cls):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), **field_flag(cls, f.name))

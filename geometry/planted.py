@@ -1,7 +1,7 @@
 """Two dictionaries A (narrow) and B (wide) with planted structure, and the truth about every feature.
 
 Used by the tests and the benchmark. Every planted relation sits well inside the default thresholds
-of geometry_methods.md (cut 0.7, same 0.9), so a correct `compare` recovers it:
+of docs/methods.md (cut 0.7, same 0.9), so a correct `compare` recovers it:
 
   B kind       how it is made                                    class      family (of its component)
   copy         an A row                                          same       1:1

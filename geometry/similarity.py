@@ -146,7 +146,7 @@ def _stream(q: torch.Tensor, r: torch.Tensor, k: int, *, block, device, precisio
     k_r, k_q = min(k, n_r), min(k, n_q)  # neighbours per q row, per r row
     margin = MARGIN[precision]
     mm_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    block = block or _default_block(n_r, device)
+    block = block or default_block(n_r, device)
     r32 = r.to(device)
     r_mm = r32.to(mm_dtype)
     q_val = torch.full((n_q, k_r), -torch.inf)
@@ -173,7 +173,7 @@ def _stream(q: torch.Tensor, r: torch.Tensor, k: int, *, block, device, precisio
     return TopK(q_val, q_idx), TopK(run_val.cpu(), run_idx.cpu())
 
 
-def _default_block(n_r: int, device: torch.device) -> int:
+def default_block(n_r: int, device: torch.device) -> int:
     """Rows per tile: about 2^26 tile entries on CPU (256 MiB; keeps MKL's GEMM near its peak), 2^28 on GPU."""
     budget = 1 << (28 if device.type == "cuda" else 26)
     return int(min(max(budget // max(n_r, 1), 256), 8192 if device.type == "cuda" else 2048))

@@ -7,13 +7,10 @@ from sae.errors import (
     SAEError,
     SAEFileError,
     ShapeError,
-    install_excepthook,
 )
 from sae.formats import load, save
 from sae.formats.names import SAEName, parse_name
 from sae.model import SAEMeta, SparseAutoencoder, SparseCode
-
-install_excepthook()
 
 __all__ = [
     "BadNameError",

@@ -4,6 +4,8 @@ default and help, the environment variables of a command parsed by the same rule
     @dataclass
     class Settings:
         epochs: int = option(2, "passes over the training split")
+        normalize: bool = option(True, "train on raw activations", switch=True)   # --no-normalize
+        internal: int = 3                                                         # not a flag
 
     add_arguments(parser, Settings, env_prefix="DEMO_")   # --epochs, default from $DEMO_EPOCHS if set
     settings = from_arguments(Settings, parser.parse_args())
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from dataclasses import MISSING, field, fields
 from typing import Any
 
@@ -20,8 +23,40 @@ from sae.errors import SAEError
 
 
 def option(default: Any, help: str, **metadata: Any) -> Any:
-    """A dataclass field with its help text (and optional `choices`)."""
+    """A dataclass field that is a command-line flag, with its help text (default `dataclasses.MISSING`:
+    a required flag). Optional metadata:
+
+    choices; metavar; flag: the flag's name when it is not the field's (`flag="tokens"` -> --tokens);
+    parse: text -> value, instead of the parser of the field's type;
+    switch (bools): one flag that flips the default, --NAME when it is False, --no-NAME when it is True
+    (`help` then says what the flag does), instead of the pair --NAME / --no-NAME;
+    group: a key of the `groups` given to `add_arguments`, the argument group the flag goes in.
+    """
     return field(default=default, metadata={"help": help, **metadata})
+
+
+def parse_count(text: str) -> int:
+    """'2M', '500k', '1e6', '4096' -> int."""
+    t = text.strip().lower().replace("_", "")
+    mult = {"k": 10**3, "m": 10**6, "b": 10**9}.get(t[-1:], 1)
+    try:
+        return int(float(t[:-1] if mult > 1 else t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (e.g. 4096, 500k, 2M)") from None
+
+
+def name_or_number(names: tuple[str, ...], kind: type) -> Callable[[str], Any]:
+    """A `parse` for options that take one of `names` or a number of type `kind`."""
+
+    def parse(text: str) -> Any:
+        return text if text in names else kind(text)
+
+    parse.__name__ = f"{' / '.join(names)} / number"  # argparse's "invalid ... value" names it
+    return parse
+
+
+def _is_flag(f) -> bool:
+    return "help" in f.metadata
 
 
 def _kind(f) -> type:
@@ -51,28 +86,47 @@ def _parse(kind: type, text: str, flag: str) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, env_prefix: str | None = None,
-                  defaults: dict[str, Any] | None = None) -> None:
-    """One --flag per field of `cls` (underscores become dashes); `defaults` replaces some of the
-    dataclass's defaults; `env_prefix` + FIELD (upper case) overrides a default when set in the environment."""
-    for f in fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+                  defaults: dict[str, Any] | None = None, groups: dict[str, Any] | None = None) -> None:
+    """One flag per `option()` field of `cls` (--NAME, underscores become dashes; fields declared
+    without option() are not flags); `defaults` replaces some of the dataclass's defaults; `env_prefix` +
+    FIELD (upper case) overrides a default when set in the environment; `groups` maps the fields'
+    `group` keys to argument groups (a field without one goes on `parser`)."""
+    for f in filter(_is_flag, fields(cls)):
+        meta = f.metadata
+        name = meta.get("flag", f.name).replace("_", "-")
+        target = (groups or {}).get(meta.get("group"), parser)
         kind = _kind(f)
-        default = f.default if f.default is not MISSING else None
+        required = f.default is MISSING
+        default = None if required else f.default
         default = (defaults or {}).get(f.name, default)
         env = f"{env_prefix}{f.name.upper()}" if env_prefix else None
         if env and os.environ.get(env) is not None:
             default = _parse(kind, os.environ[env], f"${env}")
-        help_text = f.metadata.get("help", "") + (f" (env {env})" if env else "") + " [default: %(default)s]"
+        help_text = meta["help"].replace("%", "%%") + (f" (env {env})" if env else "")
+        if kind is bool and meta.get("switch"):
+            flag = f"--no-{name}" if default else f"--{name}"
+            target.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", default=default,
+                                help=help_text)
+            continue
+        if default not in (None, ""):
+            help_text += " [default: %(default)s]"
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            target.add_argument(f"--{name}", dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
         else:
-            parser.add_argument(flag, type=lambda t, k=kind, fl=flag: _parse(k, t, fl), default=default,
-                                choices=f.metadata.get("choices"), metavar=f.name.upper(), help=help_text)
+            flag = f"--{name}"
+            parse = meta.get("parse") or (lambda t, k=kind, fl=flag: _parse(k, t, fl))
+            choices = meta.get("choices")
+            metavar = meta.get("metavar") or ("{" + ",".join(choices) + "}" if choices else name.replace("-", "_").upper())
+            target.add_argument(flag, dest=f.name, type=parse, default=default, choices=choices, required=required,
+                                metavar=metavar, help=help_text)
 
 
-def from_arguments(cls: type, args: argparse.Namespace) -> Any:
-    """The dataclass built from the parsed flags of `add_arguments`."""
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+def from_arguments(cls: type, args: argparse.Namespace, **values: Any) -> Any:
+    """The dataclass built from the parsed flags of `add_arguments`; `values` set fields directly (those
+    that are not flags, or flags given elsewhere). Fields neither parsed nor given keep their defaults."""
+    parsed = {f.name: getattr(args, f.name) for f in filter(_is_flag, fields(cls)) if f.name not in values}
+    return cls(**parsed, **values)
 
 
-__all__ = ["add_arguments", "from_arguments", "option"]
+__all__ = ["add_arguments", "from_arguments", "name_or_number", "option", "parse_count"]

@@ -1,7 +1,8 @@
 """Typed errors a user can cause, and the one place that turns them into a message and an exit code.
 
-Library code raises these; command-line entry points wrap their `main` in `run_cli`, and an uncaught
-one in a plain `python -c` prints its message instead of a traceback (see `install_excepthook`).
+Library code raises these; command-line entry points wrap their `main` in `run_cli`. Importing `sae`
+changes nothing global: a script that wants one-line messages for uncaught SAEErrors calls
+`install_excepthook()` itself.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ After loading, an SAE reads raw model activations and returns raw units.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -251,10 +250,3 @@ class SparseAutoencoder(nn.Module):
         self.W_dec.mul_(s_in / s_out)
         self.b_dec.div_(s_out)
         return self
-
-    # ---- files --------------------------------------------------------------------------------
-    def save(self, path: str | Path, format: str = "native") -> Path:
-        """Write the SAE to folder `path` as `native`, `saelens` or `llama-scope`; returns the folder."""
-        from sae.formats import save
-
-        return save(self, path, format=format)

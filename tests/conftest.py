@@ -78,8 +78,8 @@ def tiny_llama_dir(tiny_llama, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smollm2():
-    from sae.lm.embedded import load_model
     from sae.errors import FetchError
+    from sae.lm.embedded import load_model
 
     try:
         return load_model()
@@ -110,8 +110,8 @@ TINY_DEMO_ARGS = "--distinct-tokens 2048 --epochs 2 --threshold-tokens 2048 --ev
 
 @pytest.fixture(scope="session")
 def isolated_cache(smollm2, tmp_path_factory):
-    from sae.lm.embedded import corpus_articles
     from sae.io import cache_dir
+    from sae.lm.embedded import corpus_articles
 
     corpus_articles("heldout")  # fetched into the shared folder before it is linked
     root = tmp_path_factory.mktemp("sae_cache")

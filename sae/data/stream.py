@@ -42,12 +42,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from sae.data.massive import MASSIVE_FACTOR, massive_positions
+from sae.data.norms import NormMeans, mean_norms
 from sae.data.text import TokenBatch, TokenBatcher, describe_source, iter_texts, resolve_context
 from sae.errors import SAEError
 from sae.io import atomic_path, cache_dir, write_json
-from sae.data.massive import MASSIVE_FACTOR, massive_positions
+from sae.lm.models import load_model, model_name
+from sae.lm.runner import SiteRunner
+from sae.lm.sites import check_finite
 from sae.precision import resolve_dtype
-from sae.lm.sites import SiteRunner, check_finite, load_model, model_name
 
 CACHE_VERSION = 2
 SHARD_TOKENS = 65_536  # tokens per cache shard
@@ -141,18 +144,10 @@ class ActivationStream:
         if index and n_tokens == index.get("norm_tokens") and all(h in index["mean_norms"] for h in self.hooks):
             norms = {h: float(index["mean_norms"][h]) for h in self.hooks}
         else:
-            sums = {h: 0.0 for h in self.hooks}
-            seen = 0
-            for chunk in self.chunks(limit=n_tokens, progress=False):
-                take = min(n_tokens - seen, next(iter(chunk.values())).shape[0])
-                for h in self.hooks:
-                    sums[h] += float(chunk[h][:take].double().norm(dim=-1).sum())
-                seen += take
-                if seen >= n_tokens:
-                    break
-            if not seen:
+            acc = mean_norms(self.chunks(limit=n_tokens, progress=False), self.hooks, n_tokens)
+            if not acc.seen:
                 raise SAEError("the corpus is empty: no tokens to measure norms on")
-            norms = {h: sums[h] / seen for h in self.hooks}
+            norms = acc.means()
         if n_tokens == self.norm_tokens:
             self._norms = norms
         return dict(norms)
@@ -220,7 +215,7 @@ class ActivationStream:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=limit, unit="tok", desc="activations", disable=not progress, leave=False)
-        state = {"seen": 0, "shards": [], "pending": [], "sums": {h: 0.0 for h in self.hooks}, "norm_seen": 0,
+        state = {"seen": 0, "shards": [], "pending": [], "norms": NormMeans(self.hooks, self.norm_tokens),
                  "massive": 0}
         try:
             for b, batch in enumerate(self.token_batches()):
@@ -249,13 +244,10 @@ class ActivationStream:
         self._finish(state, limit, write_cache)
 
     def _account(self, state: dict, chunk: dict[str, torch.Tensor], n: int, write_cache: bool) -> None:
-        if state["norm_seen"] < self.norm_tokens:
-            take = min(self.norm_tokens - state["norm_seen"], n)
-            for h in self.hooks:
-                state["sums"][h] += float(chunk[h][:take].double().norm(dim=-1).sum())
-            state["norm_seen"] += take
-            if state["norm_seen"] >= self.norm_tokens and self._norms is None:
-                self._norms = {h: state["sums"][h] / state["norm_seen"] for h in self.hooks}
+        if not state["norms"].full:
+            state["norms"].add(chunk)
+            if state["norms"].full and self._norms is None:
+                self._norms = state["norms"].means()
         state["seen"] += n
         if write_cache:
             state["pending"].append(chunk)
@@ -269,7 +261,7 @@ class ActivationStream:
         if seen == 0:
             raise SAEError(f"the corpus {describe_source(self.source)} is empty: no ordinary tokens")
         if self._norms is None and (limit is None or seen < limit):  # the whole stream is shorter than norm_tokens
-            self._norms = {h: state["sums"][h] / state["norm_seen"] for h in self.hooks}
+            self._norms = state["norms"].means()
         if write_cache:
             if state["pending"]:
                 state["shards"].append(self._write_shard(len(state["shards"]), state["pending"]))

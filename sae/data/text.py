@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from sae.errors import SAEError, SAEFileError
+from sae.lm.embedded import corpus_documents
 
 DEFAULT_CONTEXT = 1024
 EMBEDDED_SOURCES = {"embedded": "heldout", "embedded-heldout": "heldout", "embedded-train": "train"}
@@ -61,8 +62,6 @@ def iter_documents(source: Any, *, text_field: str = "text", title_field: str = 
     if isinstance(source, (str, Path)):
         text = str(source)
         if text in EMBEDDED_SOURCES:
-            from sae.lm.embedded import corpus_documents
-
             yield from corpus_documents(EMBEDDED_SOURCES[text])
             return
         if text.startswith("hf:"):

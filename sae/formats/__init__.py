@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 
 from sae.errors import SAEFileError
-from sae.model import SparseAutoencoder
 from sae.formats import llama_scope, saelens
 from sae.formats.names import looks_like_name, parse_name
 from sae.formats.tensors import PICKLE_SUFFIXES, dtype_from_name
+from sae.hub import resolve
+from sae.model import SparseAutoencoder
 
 FORMATS = ("native", "saelens", "llama-scope")
 
@@ -59,8 +60,6 @@ def _folder(spec: str | Path, local_dir: str | Path | None) -> Path:
             return path.parent
         raise SAEFileError(f"{path} is not an SAE folder or weights file")
     if isinstance(spec, str) and looks_like_name(spec):
-        from sae.hub import resolve
-
         return resolve(parse_name(spec), local_dir=local_dir)
     raise SAEFileError(f"no such file or folder: {spec} (nor is it an SAE name such as L15R-8x or demo:L15R-8x)")
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from sae.errors import FormatError
-from sae.io import write_json
-from sae.model import SAEMeta, SparseAutoencoder
 from sae.formats.names import site_of_hooks
 from sae.formats.tensors import check_tensors, read_json, read_tensors, require_finite, require_keys, write_tensors
+from sae.io import write_json
+from sae.model import SAEMeta, SparseAutoencoder
 
 HYPERPARAMS = "hyperparams.json"
 WEIGHTS = ("checkpoints/final.safetensors", "checkpoints/final.pt")

@@ -10,11 +10,10 @@ import re
 from dataclasses import dataclass
 
 from sae.errors import BadNameError
+from sae.lm.embedded import MODEL_NAME
+from sae.lm.sites import POSITION_OF_KIND, POSITIONS, SiteError, parse_site, position_sites
 
-POSITIONS = ("R", "A", "M", "TC")
 _NAME = re.compile(r"L(\d+)([A-Z]+)-(\d+)x(?:-(TopK|Vanilla))?")
-_HOOK = re.compile(r"blocks\.(\d+)\.(hook_resid_post|hook_attn_out|hook_mlp_out|ln2\.hook_normalized)")
-_HOOK_POSITION = {"hook_resid_post": "R", "hook_attn_out": "A", "hook_mlp_out": "M", "ln2.hook_normalized": "TC"}
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,7 @@ class Suite:
 
 SUITES = {
     "llama-scope": Suite("llama-scope", 32, 4096, (8, 32), ("TopK",), "meta-llama/Llama-3.1-8B"),
-    "demo": Suite("demo", 30, 576, (8, 32), ("TopK", "Vanilla"), "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "demo": Suite("demo", 30, 576, (8, 32), ("TopK", "Vanilla"), MODEL_NAME),
 }
 DEFAULT_SUITE = "llama-scope"
 
@@ -110,19 +109,22 @@ def parse_name(spec: str) -> SAEName:
 
 def hook_points(layer: int, position: str) -> tuple[str, str]:
     """(hook_in, hook_out) in the TransformerLens names Llama Scope's files use."""
-    out = {"R": "hook_resid_post", "A": "hook_attn_out", "M": "hook_mlp_out", "TC": "hook_mlp_out"}
-    if position not in out:
-        raise BadNameError(f"unknown position {position!r}; positions are R, A, M, TC")
-    hook_in = "ln2.hook_normalized" if position == "TC" else out[position]
-    return f"blocks.{layer}.{hook_in}", f"blocks.{layer}.{out[position]}"
+    try:
+        inp, out = position_sites(layer, position)
+    except SiteError as e:
+        raise BadNameError(str(e)) from None
+    return inp.hook, out.hook
 
 
 def site_of_hooks(hook_in: str, hook_out: str | None = None) -> tuple[int, str] | None:
     """(layer, position) for a pair of hook names, or None if they are not one of the four sites."""
-    m = _HOOK.fullmatch(hook_in or "")
-    if not m:
+    try:
+        site = parse_site(hook_in or "")
+    except SiteError:
         return None
-    layer, position = int(m[1]), _HOOK_POSITION[m[2]]
-    if position == "TC" and hook_out not in (None, f"blocks.{layer}.hook_mlp_out"):
+    position = POSITION_OF_KIND[site.kind]
+    if site.hook != hook_in or position not in POSITIONS:
         return None
-    return layer, position
+    if position == "TC" and hook_out not in (None, position_sites(site.layer, "TC")[1].hook):
+        return None
+    return site.layer, position

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from sae.errors import FormatError
-from sae.io import write_json
-from sae.model import SAEMeta, SparseAutoencoder
 from sae.formats.names import site_of_hooks
 from sae.formats.tensors import check_tensors, read_json, read_tensors, require_keys, write_tensors
+from sae.io import write_json
+from sae.model import SAEMeta, SparseAutoencoder
 
 CFG = "cfg.json"
 WEIGHTS = ("sae_weights.safetensors", "sae_weights.pt")

@@ -1,6 +1,6 @@
 """Feature labels from top-activating contexts: an offline default, and an optional LLM explainer.
 
-    from sae.interp.contexts import TopContexts
+    from sae.interp.store import TopContexts
     from sae.interp.labels import label_features, explain_features
     ctx = TopContexts.load("out/contexts/L15R-8x")
     labels = label_features(ctx)            # feature, label, top_tokens, top_titles, score, n_contexts
@@ -42,8 +42,8 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from sae.interp.contexts import TopContexts
 from sae.errors import SAEError
+from sae.interp.store import TopContexts
 
 ENV_URL, ENV_MODEL, ENV_KEY = "SAE_EXPLAINER_URL", "SAE_EXPLAINER_MODEL", "SAE_EXPLAINER_KEY"
 LABEL_COLUMNS = ["feature", "label", "top_tokens", "top_titles", "score", "n_contexts"]

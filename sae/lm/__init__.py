@@ -1,2 +1,3 @@
-"""The language-model side: named sites of Llama-family models, running and splicing them (`sites`),
-and the embedded default model and corpus (`embedded`)."""
+"""The language-model side: the paper's sites by name (`sites`), running a model site by site and
+splicing SAEs in (`runner`), loading a model by name (`models`) and the embedded default model and
+corpus (`embedded`)."""

@@ -29,7 +29,10 @@ import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+
+import torch
 
 from sae.errors import FetchError, SAEFileError
 from sae.io import atomic_path, cache_dir
@@ -81,8 +84,6 @@ def _sha256(path: Path) -> str:
 
 def _installed_copy(spec: PackagedFile) -> Path | None:
     """The member's path in an installed distribution of the package (any version), if present."""
-    from importlib import metadata
-
     try:
         dist = metadata.distribution(spec.package)
     except metadata.PackageNotFoundError:
@@ -140,7 +141,6 @@ def model_dir() -> Path:
         return folder
     gguf = fetch(MODEL_FILE)
     try:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
         quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -174,7 +174,6 @@ def model_dir() -> Path:
 
 def load_model(device: str | None = None, dtype=None):
     """(model, tokenizer) of the embedded SmolLM2-135M-Instruct, in eval mode, float32 by default."""
-    import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     folder = model_dir()

@@ -30,16 +30,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from sae.data.stream import ActivationStream
 from sae.cli import add_arguments, from_arguments, option
+from sae.data.stream import ActivationStream
 from sae.errors import SAEError
-from sae.lm.embedded import MODEL_NAME
 from sae.eval.evaluate import evaluate
+from sae.formats import save
 from sae.formats.names import SUITES, parse_name
 from sae.formats.tensors import read_json
 from sae.io import atomic_path, cache_dir, write_json
+from sae.lm.embedded import MODEL_NAME
+from sae.train import DEFAULT_L1, SAESpec, TrainConfig, first_tokens, latest_checkpoint, train
 from sae.train.postprocess import CALIBRATIONS, fold_and_normalise, postprocess_to
-from sae.train import SAESpec, TrainConfig, first_tokens, latest_checkpoint, train
 
 SUITE = ("L15R-8x", "L15R-32x", "L15R-8x-Vanilla")
 HOOK = "blocks.15.hook_resid_post"
@@ -51,7 +52,7 @@ COLUMNS = ["sae", "mode", "n_features", "tokens", "massive_tokens", "l0", "expla
 
 @dataclass
 class DemoSettings:
-    """What the demo trains and evaluates (README: "The demo" shows the ablation behind each value)."""
+    """What the demo trains and evaluates (docs/demo.md shows the ablation behind each value)."""
 
     epochs: float = option(2.0, "passes over the captured train split")
     distinct_tokens: int = option(WHOLE_SPLIT, "train-split tokens to capture (default: all of them)")
@@ -59,7 +60,7 @@ class DemoSettings:
     lr: float = option(2e-3, "Adam learning rate (paper: 8e-4 over 10^4+ steps)")
     aux_k: int = option(256, "AuxK dead-feature loss (Gao et al.) with this k; 0 = off")
     dead_tokens: int = option(200_000, "AuxK: a feature silent this many tokens counts as dead")
-    l1: float = option(1.4e-3, "L1 coefficient of the vanilla SAE (README: chosen for L0 ~150)")
+    l1: float = option(DEFAULT_L1, "L1 coefficient of the vanilla SAE (chosen for L0 ~150: docs/training.md)")
     context: int = option(256, "tokens per packed training row (the summaries average ~100 tokens)")
     calibration: str = option("per-feature", "JumpReLU thresholds of the saved TopK SAEs", choices=CALIBRATIONS)
     threshold_tokens: int = option(32_768, "calibration tokens for the JumpReLU thresholds")
@@ -146,7 +147,7 @@ def train_suite(stream: ActivationStream, specs: list[SAESpec], settings: DemoSe
     calib = first_tokens(stream, hooks, settings.threshold_tokens)
     for name, sae in result.saes.items():
         if sae.activation != "topk":
-            fold_and_normalise(sae).save(root / name)
+            save(fold_and_normalise(sae), root / name)
             continue
         res = postprocess_to(sae, calib, root / name, n_tokens=settings.threshold_tokens,
                              calibration=settings.calibration)

@@ -1,7 +1,7 @@
 """The figure grid: SAEs trained on the embedded model's whole train split with the demo's recipe,
 evaluated on the held-out split into the tables under figures/data/.
 
-    python -m sae.grid --out figures/data          # hours on 2 CPU cores (README: Figures); resumable
+    python -m sae.grid --out figures/data          # hours on 2 CPU cores (docs/figures.md); resumable
 
 What it trains (layers 0-based; one run per layer, so the model runs once per layer and the layer's
 sites are captured once, cached):
@@ -15,7 +15,7 @@ sites are captured once, cached):
 The recipe is `sae.pipelines.demo`'s (batch, lr, AuxK, b_dec, calibration; every flag of it is here too) with
 `--epochs` 1 by default. The SAEs go to `$SAE_CACHE/grid/L{layer}/{name}` (never into the repository).
 
-What it writes to `--out` (schemas in the README, "Figures"):
+What it writes to `--out` (schemas: docs/figures.md):
 - eval.csv: the layers' SAEs on the held-out split (TopK SAEs in JumpReLU and TopK inference), and the
   R SAEs on the same articles in the chat template (the closest analogue of the paper's base ->
   instruct transfer the embedded model allows: one model, instruct-style input);
@@ -36,16 +36,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from sae.data.stream import ActivationStream
 from sae.cli import add_arguments, from_arguments, option
-from sae.pipelines.demo import DemoSettings, suite_spec, train_config, train_suite, training_stream
-from sae.lm.embedded import MODEL_NAME, corpus_articles, load_model
+from sae.data.stream import ActivationStream
 from sae.errors import SAEError
 from sae.eval.evaluate import evaluate
 from sae.formats import load
 from sae.formats.tensors import read_json
 from sae.io import atomic_path, cache_dir, write_json
-from sae.train import SAESpec, TrainConfig, latest_checkpoint, read_log, train
+from sae.lm.embedded import MODEL_NAME, corpus_articles, load_model
+from sae.pipelines.demo import DemoSettings, suite_spec, train_config, train_suite, training_stream
+from sae.train import SAESpec, latest_checkpoint, read_log, train
 
 N_LAYERS = 30
 POSITIONS = ("A", "M", "TC")

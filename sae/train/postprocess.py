@@ -30,11 +30,15 @@ from typing import Any
 
 import torch
 
+from sae.cli import add_arguments, from_arguments
 from sae.errors import SAEError
+from sae.eval.metrics import MetricSums
+from sae.eval.resolve import inference_variant
+from sae.formats import load, save
 from sae.io import write_json
-from sae.eval.evaluate import inference_variant
 from sae.model import SparseAutoencoder
-from sae.train import _as_dict
+from sae.train.data_options import DataOptions, open_source
+from sae.train.source import as_batch
 
 DEFAULT_TOKENS = 32_768
 CALIBRATIONS = ("global", "per-feature")
@@ -73,7 +77,7 @@ def _pairs(activations: Any, hook_in: str, hook_out: str, n_tokens: int) -> Iter
         activations = [activations]
     seen = 0
     for item in activations:
-        batch = _as_dict(item)
+        batch = as_batch(item)
         if hook_in not in batch or hook_out not in batch:
             have = ", ".join(sorted(batch))
             raise SAEError(f"the activations lack site {hook_in if hook_in not in batch else hook_out!r} (they have {have})")
@@ -132,26 +136,18 @@ def inference_stats(sae: SparseAutoencoder, xs: list[torch.Tensor], ys: list[tor
     """Mean L0 and its per-token 5th/50th/95th percentiles, MSE (raw units, per element), explained
     variance (centred, pooled; and uncentred), the fractions of features that never fire and that fire
     on more than 10% of the tokens (the definitions of `sae.eval.evaluate`)."""
-    sq = tot = tot_u = 0.0
-    n = numel = 0
-    mean = torch.cat(ys).mean(0)
+    sums = MetricSums(sae.n_features, sae.d_out)
     per_token = []
-    fires = torch.zeros(sae.n_features, dtype=torch.long, device=sae.W_enc.device)
     for x, y in zip(xs, ys):
         code = sae.encode_sparse(x)
-        y_hat = sae.decode(code)
+        sums.add(x, y, sae.decode(code), code.values, code.indices)
         per_token.append((code.values > 0).sum(-1).cpu())
-        fires += torch.bincount(code.indices[code.values > 0], minlength=sae.n_features)
-        sq += float((y_hat - y).pow(2).sum())
-        tot += float((y - mean).pow(2).sum())
-        tot_u += float(y.pow(2).sum())
-        n += x.shape[0]
-        numel += y.numel()
+    m = sums.summary()
     l0 = torch.cat(per_token).double()
     p05, p50, p95 = torch.quantile(l0, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)).tolist()
-    return {"l0": float(l0.mean()), "l0_p05": p05, "l0_median": p50, "l0_p95": p95, "mse": sq / numel,
-            "ev": 1 - sq / tot, "ev_uncentred": 1 - sq / tot_u, "tokens": n,
-            "never_fired": float((fires == 0).double().mean()), "dense": float((fires > 0.1 * n).double().mean())}
+    return {"l0": m["l0"], "l0_p05": p05, "l0_median": p50, "l0_p95": p95, "mse": m["mse"],
+            "ev": m["explained_variance_centred"], "ev_uncentred": m["explained_variance_uncentred"],
+            "tokens": m["tokens"], "never_fired": m["never_fired_fraction"], "dense": m["dense_fraction"]}
 
 
 def postprocess(sae: SparseAutoencoder, activations: Any, *, n_tokens: int = DEFAULT_TOKENS, k: int | None = None,
@@ -205,7 +201,7 @@ def postprocess_to(sae: SparseAutoencoder, activations: Any, folder: str | Path,
                    calibration: str = "global") -> PostprocessResult:
     """postprocess() and write the JumpReLU SAE (native format) and postprocess.json to `folder`."""
     result = postprocess(sae, activations, n_tokens=n_tokens, calibration=calibration)
-    result.sae.save(folder)
+    save(result.sae, folder)
     write_json(Path(folder) / "postprocess.json", result.to_dict())
     return result
 
@@ -221,10 +217,20 @@ def _trained_folder(path: Path) -> Path:
     raise SAEError(f"{path} holds no trained SAE (expected cfg.json or trained/cfg.json)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from sae import load
-    from sae.train import add_data_arguments, open_source
+def postprocess_folder(trained: str | Path, data: DataOptions, out: str | Path | None = None, *,
+                       n_tokens: int = DEFAULT_TOKENS, calibration: str = "global") -> tuple[PostprocessResult, Path]:
+    """postprocess_to() on a trained SAE folder (RUN/NAME/trained, or RUN/NAME holding trained/), with
+    N tokens of the activations `data` describes; writes to `out` (default RUN/NAME). Returns the result
+    and the folder written."""
+    folder = _trained_folder(Path(trained))
+    sae = load(folder)
+    out = Path(out) if out is not None else folder.parent
+    hooks = list(dict.fromkeys([sae.meta.hook_in or "x", sae.meta.hook_out or sae.meta.hook_in or "x"]))
+    source = open_source(data, hooks, batch_size=min(n_tokens, 4096), max_tokens=n_tokens, seed=data.seed + 1)
+    return postprocess_to(sae, source, out, n_tokens=n_tokens, calibration=calibration), out
 
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m sae.postprocess",
         description="Fold normalisation, set unit decoder norms and convert a trained TopK SAE to JumpReLU "
@@ -236,14 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration", choices=CALIBRATIONS, default="global",
                    help="global: one threshold, mean L0 = k (the paper); per-feature: each feature keeps its TopK "
                    "firing rate on the N tokens")
-    add_data_arguments(p, default_dataset=None)
+    add_arguments(p.add_argument_group("activations"), DataOptions)
     args = p.parse_args(argv)
-    folder = _trained_folder(args.trained)
-    sae = load(folder)
-    out = args.out or folder.parent
-    hooks = [h for h in dict.fromkeys([sae.meta.hook_in or "x", sae.meta.hook_out or sae.meta.hook_in or "x"])]
-    source = open_source(args, hooks, batch_size=min(args.tokens, 4096), max_tokens=args.tokens, seed=args.seed + 1)
-    result = postprocess_to(sae, source, out, n_tokens=args.tokens, calibration=args.calibration)
+    result, out = postprocess_folder(args.trained, from_arguments(DataOptions, args), args.out, n_tokens=args.tokens,
+                                     calibration=args.calibration)
     print(result.report.to_string(index=False))
     print(f"{args.calibration} thresholds over {result.n_tokens} tokens (global: {result.threshold:.6g}); "
           f"JumpReLU SAE written to {out}")

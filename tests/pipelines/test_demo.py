@@ -1,0 +1,128 @@
+"""`make demo` end to end on a tiny budget (real model, real corpus, isolated cache), and the demo's
+rebuild / resume decisions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from conftest import REPO, TINY_DEMO_ARGS
+
+
+@pytest.mark.real_model
+def test_make_demo_end_to_end(tiny_demo):
+    cache, out, stdout = tiny_demo
+    suite = cache / "demo"
+    for name, n in (("L15R-8x", 4608), ("L15R-32x", 18432), ("L15R-8x-Vanilla", 4608)):
+        cfg = json.loads((suite / name / "cfg.json").read_text())
+        assert cfg["d_sae"] == n and cfg["d_in"] == 576
+    built = json.loads((suite / "build.json").read_text())
+    assert (built["distinct_tokens"], built["epochs"], built["calibration"]) == (2048, 2, "per-feature")
+    postprocessed = json.loads((suite / "L15R-8x" / "postprocess.json").read_text())
+    assert postprocessed["calibration"] == "per-feature" and postprocessed["n_tokens"] == 2048
+    full = pd.read_csv(out / "eval" / "eval.csv")
+    assert sorted(full.loc[full["mode"] == "topk", "sae"]) == ["L15R-32x", "L15R-8x"]  # the vanilla SAE has no k
+    assert (full.loc[full["mode"] == "topk", "l0"] <= 50 + 1e-9).all()
+    table = full[full["mode"] == "native"].set_index("sae")
+    assert set(table.index) == {"L15R-8x", "L15R-32x", "L15R-8x-Vanilla"}
+    assert (full["tokens"] == 512).all() and (full["lm_tokens"] > 0).all()
+    assert table.loc["L15R-32x", "n_features"] == 18432
+    assert table.loc["L15R-8x", "arch"] == "jumprelu"  # post-processed
+    summary = json.loads((out / "compare" / "summary.json").read_text())
+    assert (summary["a"]["n_features"], summary["b"]["n_features"]) == (4608, 18432)
+    assert (out / "compare" / "report.html").stat().st_size > 100_000
+    assert str(out / "eval" / "eval.csv") in stdout
+    assert (out / "threats" / "seeds.csv").is_file()  # the keyword search ran; a tiny budget may find nothing
+    if (out / "threats" / "members.csv").is_file():
+        members = pd.read_csv(out / "threats" / "members.csv")
+        assert members.groupby("sae").size().to_dict() == {"demo:L15R-8x-Vanilla": 6, "demo:L15R-8x": 6, "demo:L15R-32x": 24}
+        assert (out / "threats" / "neighborhood.html").is_file()
+    else:
+        assert "no neighbourhood drawn" in stdout
+
+
+@pytest.mark.real_model
+def test_second_demo_run_reuses_the_suite(tiny_demo):
+    cache, out, _ = tiny_demo
+    before = {p: p.stat().st_mtime_ns for p in (cache / "demo").rglob("*.safetensors")}
+    env = {**os.environ, "SAE_CACHE": str(cache)}
+    run = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "sae.demo", "--out", str(out / "again"),
+                          *TINY_DEMO_ARGS.split()], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "already built" in run.stdout
+    assert {p: p.stat().st_mtime_ns for p in (cache / "demo").rglob("*.safetensors")} == before
+    first = pd.read_csv(out / "eval" / "eval.csv")
+    again = pd.read_csv(out / "again" / "eval" / "eval.csv")
+    pd.testing.assert_series_equal(first["l0"], again["l0"])  # same SAEs, same held-out tokens
+    # a third run into the same folder finds this suite's evaluation there and does not redo it
+    written = (out / "again" / "eval" / "eval.csv").stat().st_mtime_ns
+    run = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "sae.demo", "--out", str(out / "again"),
+                          *TINY_DEMO_ARGS.split()], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "already in" in run.stdout and "L15R-8x-Vanilla" in run.stdout
+    assert (out / "again" / "eval" / "eval.csv").stat().st_mtime_ns == written
+
+
+class _FakeStream:
+    massive_tokens = 0
+
+    def n_tokens(self):
+        return 8192
+
+
+def _fake_training(calls: list, root):
+    """Stands in for `sae.train.train` to record what the demo asks for (the decisions, not training)."""
+    def run(source, specs, config, *, out_dir, resume):
+        calls.append((config.total_tokens, resume))
+        (root / "checkpoint" / "step_1").mkdir(parents=True, exist_ok=True)
+        (root / "checkpoint" / "step_1" / "state.json").write_text("{}")
+        for name in ("L15R-8x", "L15R-32x", "L15R-8x-Vanilla"):
+            (root / name).mkdir(exist_ok=True)
+            (root / name / "cfg.json").write_text("{}")
+        return SimpleNamespace(saes={}, steps=1, tokens_per_second=1.0)
+    return run
+
+
+def test_build_suite_resumes_same_settings_and_restarts_other(tmp_path, monkeypatch):
+    from sae.pipelines import demo
+
+    monkeypatch.setenv("SAE_CACHE", str(tmp_path))
+    root = tmp_path / "demo"
+    calls: list = []
+    monkeypatch.setattr(demo, "train", _fake_training(calls, root))
+    monkeypatch.setattr(demo, "training_stream", lambda settings: _FakeStream())
+    monkeypatch.setattr(demo, "first_tokens", lambda *a: {})
+    monkeypatch.setattr(demo, "latest_checkpoint",
+                        lambda r: next(iter(sorted((r / "checkpoint").glob("step_*"))), None) if (r / "checkpoint").is_dir() else None)
+
+    demo.build_suite(demo.DemoSettings(epochs=1))
+    assert calls[-1] == (8192, False)  # one epoch over the 8,192-token split
+    demo.build_suite(demo.DemoSettings(epochs=1))  # built: no training at all
+    assert len(calls) == 1
+    (root / "L15R-32x" / "cfg.json").unlink()  # interrupted with the same settings: resume
+    demo.build_suite(demo.DemoSettings(epochs=1))
+    assert calls[-1] == (8192, True)
+    (root / "L15R-8x" / "stale").write_text("x")
+    demo.build_suite(demo.DemoSettings(epochs=2))  # other settings: the old suite is removed, training starts anew
+    assert calls[-1] == (16384, False) and not (root / "L15R-8x" / "stale").exists()
+    assert json.loads((root / "build.json").read_text())["epochs"] == 2
+
+
+def test_demo_settings_come_from_flags_and_environment(monkeypatch):
+    from sae.pipelines import demo
+
+    monkeypatch.setenv("DEMO_EPOCHS", "3")
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser, demo.DemoSettings, env_prefix="DEMO_")
+    settings = demo.from_arguments(demo.DemoSettings, parser.parse_args(["--lr", "1e-3", "--aux-k", "0"]))
+    assert (settings.epochs, settings.lr, settings.aux_k, settings.calibration) == (3.0, 1e-3, 0, "per-feature")
+    monkeypatch.setenv("DEMO_BATCH_SIZE", "1.5")
+    with pytest.raises(demo.SAEError, match=r"\$DEMO_BATCH_SIZE: expected a whole number"):
+        demo.add_arguments(argparse.ArgumentParser(), demo.DemoSettings, env_prefix="DEMO_")
+    with pytest.raises(demo.SAEError, match="epochs and lr must be positive"):
+        demo.DemoSettings(lr=-1.0)
