@@ -11,12 +11,13 @@ This module is the command line.
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
+from dataclasses import asdict
 
 from geometry.comparison import SCHEMA, Comparison, compare
 from geometry.inputs import Side, load_array
-from geometry.options import Options, add_option_flags
+from geometry.options import Options
 from geometry.statistics import QUANTILES, epsilon, isotropic_quantiles
+from sae.cli import add_arguments, from_arguments
 from sae.errors import run_cli
 
 __all__ = ["QUANTILES", "SCHEMA", "Comparison", "Side", "build_parser", "compare", "epsilon", "isotropic_quantiles",
@@ -48,13 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the similarity cache")
     p.add_argument("--max-points", type=int, default=20000, help="points drawn in the report's scatter plot")
     p.add_argument("--quiet", action="store_true", help="print nothing")
-    add_option_flags(p, Options)
+    add_arguments(p.add_argument_group("comparison options"), Options)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    opts = {f.name: getattr(args, f.name) for f in fields(Options)}
+    opts = asdict(from_arguments(Options, args))
     freq = {k: load_array(v, "freq") for k, v in (("freq_a", args.freq_a), ("freq_b", args.freq_b)) if v}
     result = compare(args.a, args.b, activations=args.activations, device=args.device, precision=args.precision,
                      block=args.block, cache=False if args.no_cache else (args.cache_dir or True), **freq, **opts)

@@ -17,10 +17,10 @@ from functools import partial
 from pathlib import Path
 
 from geometry.neighborhood_run import NeighborhoodRun, NeighborhoodSettings, run_neighborhood
-from geometry.options import GeometryError, field_flag
+from geometry.options import GeometryError
 from geometry.seed_neighborhood import Neighborhood, class_references, member_classes, neighborhood
 from geometry.seeds import SEED_COLUMNS, best_seeds, concept_seeds, find_seeds, keyword_pattern
-from sae.cli import from_arguments
+from sae.cli import field_arguments, from_arguments
 from sae.errors import run_cli
 
 __all__ = ["SEED_COLUMNS", "Neighborhood", "NeighborhoodRun", "NeighborhoodSettings", "best_seeds", "build_parser",
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Top contexts (and labels) are collected on a token budget and kept for reruns.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    of = partial(field_flag, NeighborhoodSettings)
+    of = partial(field_arguments, NeighborhoodSettings)
     p.add_argument("seed_sae", **of("seed_sae"))
     p.add_argument("--members", required=True, type=parse_members, **of("members"))
     p.add_argument("--out", required=True, type=Path, **of("out"))

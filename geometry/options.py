@@ -3,9 +3,7 @@ the command line shows (`python -m geometry.compare --help` is generated from th
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import MISSING, dataclass, fields
-from typing import Any
+from dataclasses import dataclass, fields
 
 from sae import SAEError
 from sae.cli import option
@@ -49,22 +47,3 @@ class Options:
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
-
-def field_flag(cls: type, name: str) -> dict[str, Any]:
-    """argparse keywords for the flag of field `name` of dataclass `cls` (fields made with `sae.cli.option`):
-    its default (none for a required field), help and choices. Unlike `sae.cli.add_arguments` this keeps
-    argparse's own help format, store_true switches and positional arguments, so the geometry commands'
-    --help reads as it always has."""
-    f = next(f for f in fields(cls) if f.name == name)
-    kw: dict[str, Any] = {"help": f.metadata["help"]}
-    if f.default is not MISSING:
-        kw["default"] = f.default
-    if f.metadata.get("choices") is not None:
-        kw["choices"] = f.metadata["choices"]
-    return kw
-
-
-def add_option_flags(parser: argparse.ArgumentParser, cls: type = Options) -> None:
-    """One --flag per field of `cls` (underscores as dashes), typed by its default."""
-    for f in fields(cls):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), **field_flag(cls, f.name))

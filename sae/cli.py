@@ -122,6 +122,19 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, env_prefix: str | 
                                 metavar=metavar, help=help_text)
 
 
+def field_arguments(cls: type, name: str) -> dict[str, Any]:
+    """argparse keywords for the flag of field `name` of dataclass `cls` (a field made with `option`):
+    its default (none for a required field), help and choices: for flags `add_arguments` cannot make
+    (positional arguments, store_true switches, argparse's own help format)."""
+    f = next(f for f in fields(cls) if f.name == name)
+    kw: dict[str, Any] = {"help": f.metadata["help"]}
+    if f.default is not MISSING:
+        kw["default"] = f.default
+    if f.metadata.get("choices") is not None:
+        kw["choices"] = f.metadata["choices"]
+    return kw
+
+
 def from_arguments(cls: type, args: argparse.Namespace, **values: Any) -> Any:
     """The dataclass built from the parsed flags of `add_arguments`; `values` set fields directly (those
     that are not flags, or flags given elsewhere). Fields neither parsed nor given keep their defaults."""
@@ -129,4 +142,4 @@ def from_arguments(cls: type, args: argparse.Namespace, **values: Any) -> Any:
     return cls(**parsed, **values)
 
 
-__all__ = ["add_arguments", "from_arguments", "name_or_number", "option", "parse_count"]
+__all__ = ["add_arguments", "field_arguments", "from_arguments", "name_or_number", "option", "parse_count"]
