@@ -18,7 +18,7 @@ from geometry.options import GeometryError
 from geometry.seed_neighborhood import FILES, Neighborhood, neighborhood
 from geometry.seeds import best_seeds, concept_seeds, find_seeds
 from sae import load as load_sae
-from sae.cli import option
+from sae.cli import check_options, option
 from sae.data.text import iter_texts
 from sae.interp.contexts import collect_contexts, folder_name
 from sae.interp.labels import label_features
@@ -40,22 +40,23 @@ class NeighborhoodSettings:
                                   "disaster,nuclear): seeds are the features with the highest summed keyword score")
     concept: tuple[Path, Path] | None = option(None, "two text files (.txt / .jsonl): seeds point along "
                                                "mean(A) - mean(B)")
-    n_seeds: int = option(1, "seeds taken from --keywords or --concept")
-    min_score: float = option(0.1, "keyword hits below this score are ignored")
+    n_seeds: int = option(1, "seeds taken from --keywords or --concept", min=1)
+    min_score: float = option(0.1, "keyword hits below this score are ignored", min=0)
     none_ok: bool = option(False, "no keyword match is a result, not an error: say so, keep seeds.csv and exit 0")
-    tokens: int = option(100_000, "token budget for the top contexts (labels, keywords)")
+    tokens: int = option(100_000, "token budget for the top contexts (labels, keywords)", min=1)
     contexts_dir: Path | None = option(None, "where top contexts are kept and resumed (default OUT/contexts)")
     no_labels: bool = option(False, "skip contexts and labels (only with --seeds or --concept)")
     model: str = option("embedded", "the model the SAEs read")
     dataset: str = option("embedded-train", "corpus for the top contexts")
-    edge_cut: float = option(0.7, "draw cross-SAE edges at cos >= this")
+    edge_cut: float = option(0.7, "draw cross-SAE edges at cos >= this", min=-1, max=1)
     all_features: bool = option(False, "members from every feature (default: only features that fired on the "
                                 "contexts' tokens)")
     seed: int = option(0, "UMAP random state")
-    n_neighbors: int = option(15, "UMAP n_neighbors (capped at members - 1)")
+    n_neighbors: int = option(15, "UMAP n_neighbors (capped at members - 1)", min=2)
     quiet: bool = option(False, "no progress bars, print nothing")
 
     def __post_init__(self):
+        check_options(self)
         if sum(x is not None for x in (self.seeds, self.keywords, self.concept)) != 1:
             raise GeometryError("give exactly one of seeds, keywords and concept")
         if self.no_labels and self.keywords:

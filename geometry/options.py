@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from sae import SAEError
-from sae.cli import option
+from sae.cli import option, option_error
 
 
 class GeometryError(SAEError, ValueError):
@@ -15,26 +15,25 @@ class GeometryError(SAEError, ValueError):
 
 @dataclass
 class Options:
-    cut: float = option(0.7, "cosine cut: parent-child edges, the family graph, and 'refined' (best cos >= cut)")
-    same: float = option(0.9, "'same': best cos >= this and mutual nearest neighbours")
-    composite_r2: float = option(0.7, "'composite': R^2 of the non-negative decomposition at least this ...")
-    composite_gain: float = option(0.15, "... and at least this much above the best single atom's R^2")
-    novel_r2: float = option(0.5, "'novel': best cos < cut and decomposition R^2 below this")
-    max_atoms: int = option(4, "atoms in the non-negative decomposition of a B feature")
-    candidates: int = option(16, "top A candidates per B feature the decomposition chooses from (at most k)")
-    k: int = option(32, "neighbours kept per feature in both directions (the cached similarity pass)")
-    assign_tau: float = option(0.7, "one-to-one assignment: only pairs above this cosine are matched")
-    baseline_samples: int = option(1024, "random directions for the baseline (at most; n/64, at least 128, for smaller SAEs)")
-    dead_freq: float = option(0.0, "features firing at most this often are dead (when frequencies are known)")
+    cut: float = option(0.7, "cosine cut: parent-child edges, the family graph, and 'refined' (best cos >= cut)", min=-1, max=1)
+    same: float = option(0.9, "'same': best cos >= this and mutual nearest neighbours", min=-1, max=1)
+    composite_r2: float = option(0.7, "'composite': R^2 of the non-negative decomposition at least this ...", min=0, max=1)
+    composite_gain: float = option(0.15, "... and at least this much above the best single atom's R^2", min=0, max=1)
+    novel_r2: float = option(0.5, "'novel': best cos < cut and decomposition R^2 below this", min=0, max=1)
+    max_atoms: int = option(4, "atoms in the non-negative decomposition of a B feature", min=1)
+    candidates: int = option(16, "top A candidates per B feature the decomposition chooses from (at most k)", min=1)
+    k: int = option(32, "neighbours kept per feature in both directions (the cached similarity pass)", min=1)
+    assign_tau: float = option(0.7, "one-to-one assignment: only pairs above this cosine are matched", min=-1, max=1)
+    baseline_samples: int = option(1024, "random directions for the baseline (at most; n/64, at least 128, for smaller SAEs)", min=1)
+    dead_freq: float = option(0.0, "features firing at most this often are dead (when frequencies are known)", min=0, max=1)
     rows: str = option("decoder", "compare 'decoder' rows (feature directions) or 'encoder' rows",
                        choices=("decoder", "encoder"))
     seed: int = option(0, "seed of the random baseline")
 
     def __post_init__(self):
-        if self.rows not in ("decoder", "encoder"):
-            raise GeometryError(f"rows must be 'decoder' or 'encoder', not {self.rows!r}")
-        if self.candidates < 1 or self.k < 1 or self.max_atoms < 1:
-            raise GeometryError("k, candidates and max_atoms must be positive")
+        message = option_error(self)
+        if message:
+            raise GeometryError(message)
 
     @classmethod
     def from_kwargs(cls, **kw) -> "Options":

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from sae.devices import check_device
 from sae.io import atomic_path, cache_dir
 
 # Worst-case |low-precision dot - fp32 dot| for unit vectors (input rounding; fp32 accumulation).
@@ -96,7 +97,7 @@ def default_cache_dir() -> Path:
 
 def resolve(device=None, precision: str = "auto") -> tuple[torch.device, str]:
     """The device (CUDA when available) and matmul precision (auto: bf16 on CUDA, fp32 on CPU)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     if precision not in MARGIN:

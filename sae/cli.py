@@ -30,9 +30,56 @@ def option(default: Any, help: str, **metadata: Any) -> Any:
     parse: text -> value, instead of the parser of the field's type;
     switch (bools): one flag that flips the default, --NAME when it is False, --no-NAME when it is True
     (`help` then says what the flag does), instead of the pair --NAME / --no-NAME;
-    group: a key of the `groups` given to `add_arguments`, the argument group the flag goes in.
+    group: a key of the `groups` given to `add_arguments`, the argument group the flag goes in;
+    min / max: the allowed range (inclusive); above: a bound the value must exceed. `check_options`
+    enforces them and the choices on every settings object (its __post_init__) and so on parsed flags.
     """
     return field(default=default, metadata={"help": help, **metadata})
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(v: Any) -> str:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}" if abs(v) < 10**15 else f"{v:.3g}"
+    return f"{v:g}" if isinstance(v, float) else repr(v)
+
+
+def _range_text(meta: dict) -> str:
+    parts = [f"> {_number(meta['above'])}" if "above" in meta else "", f">= {_number(meta['min'])}" if "min" in meta
+             else "", f"<= {_number(meta['max'])}" if "max" in meta else ""]
+    return " and ".join(p for p in parts if p)
+
+
+def option_error(obj: Any) -> str | None:
+    """The first option of settings object `obj` outside its declared range or choices, as one message
+    naming the flag, the value and what is allowed; None when every option is valid."""
+    for f in filter(_is_flag, fields(obj)):
+        value, meta = getattr(obj, f.name), f.metadata
+        flag = "--" + meta.get("flag", f.name).replace("_", "-")
+        if value is None:
+            continue
+        choices = meta.get("choices")
+        if choices is not None and value not in choices:
+            return f"{flag} {value!r}: must be one of {', '.join(map(str, choices))}"
+        if not any(key in meta for key in ("min", "max", "above")) or (isinstance(value, str) and meta.get("parse")):
+            continue  # unbounded, or a name (k_start "half") where the option also takes names
+        allowed = _range_text(meta)
+        if not _is_number(value) or value != value or abs(value) == float("inf"):
+            return f"{flag} {_number(value)}: must be a finite number {allowed}"
+        if ("above" in meta and not value > meta["above"]) or ("min" in meta and value < meta["min"]) or (
+                "max" in meta and value > meta["max"]):
+            return f"{flag} {_number(value)}: must be {allowed}"
+    return None
+
+
+def check_options(obj: Any) -> None:
+    """Raise SAEError if an option of settings object `obj` is outside its range (`option_error`)."""
+    message = option_error(obj)
+    if message:
+        raise SAEError(message)
 
 
 def parse_count(text: str) -> int:
@@ -142,4 +189,4 @@ def from_arguments(cls: type, args: argparse.Namespace, **values: Any) -> Any:
     return cls(**parsed, **values)
 
 
-__all__ = ["add_arguments", "field_arguments", "from_arguments", "name_or_number", "option", "parse_count"]
+__all__ = ["add_arguments", "check_options", "field_arguments", "from_arguments", "option_error", "name_or_number", "option", "parse_count"]

@@ -45,6 +45,7 @@ from safetensors.torch import load_file, save_file
 from sae.data.massive import MASSIVE_FACTOR, massive_positions
 from sae.data.norms import NormMeans, mean_norms
 from sae.data.text import TokenBatch, TokenBatcher, describe_source, iter_texts, resolve_context
+from sae.devices import check_device
 from sae.errors import SAEError
 from sae.io import atomic_path, cache_dir, write_json
 from sae.lm.models import load_model, model_name
@@ -86,6 +87,7 @@ class ActivationStream:
         text_field: str = "text",
         progress: bool = True,
     ):
+        device = check_device(device)
         if isinstance(model, (str, Path)):
             model, tok, self.model_label = load_model(str(model), device=device,
                                                       dtype=resolve_dtype(model_dtype, device))

@@ -31,6 +31,7 @@ import torch
 
 from sae.data.massive import MASSIVE_FACTOR, massive_positions
 from sae.data.text import TokenBatcher, describe_source, iter_texts, resolve_context
+from sae.devices import check_device
 from sae.errors import SAEError, ShapeError
 from sae.eval.metrics import (
     DEAD_WINDOW,
@@ -95,6 +96,7 @@ def evaluate(
             raise SAEError(f"unknown inference mode {m!r}; modes: {', '.join(INFERENCE_MODES)}")
     if tokens < 1:
         raise SAEError(f"tokens must be positive, got {tokens}")
+    device = check_device(device)
     resolved = resolve_saes(saes)
     models = model if isinstance(model, (list, tuple)) else [model]
     datasets = list(datasets) if datasets is not None else [dataset]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from sae.devices import check_device
 from sae.errors import SAEFileError
 from sae.formats import llama_scope, saelens
 from sae.formats.names import looks_like_name, parse_name
@@ -32,6 +33,7 @@ def load(
     The result reads raw activations and returns raw units; `dtype` defaults to float32 and its
     parameters do not require grad (call `.requires_grad_()` to fine-tune).
     """
+    device = check_device(device)
     if isinstance(dtype, str):
         dtype = dtype_from_name(dtype)
     folder = _folder(spec, local_dir)

@@ -48,6 +48,7 @@ import torch
 from sae.data.massive import massive_positions
 from sae.data.stream import ActivationStream
 from sae.data.text import describe_source
+from sae.devices import check_device
 from sae.errors import ShapeError
 from sae.eval.resolve import resolve_saes, sae_sites
 from sae.interp.collector import Collector
@@ -107,6 +108,7 @@ def collect_contexts(
         raise ContextsError(f"tokens, n_top and batch_size must be positive and n_random >= 0 "
                             f"(got {tokens}, {n_top}, {batch_size}, {n_random})")
     before, after = _window(window)
+    device = check_device(device)
     resolved = resolve_saes(saes)
     if isinstance(model, (str, Path)):
         lm, tokenizer, label = load_model(str(model), device=device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from sae.devices import check_device
 from sae.errors import FetchError
 from sae.lm import embedded
 from sae.lm.runner import SiteRunner
@@ -23,6 +24,7 @@ def load_model(spec: str = "embedded", *, device: str | torch.device | None = No
     dtype: a torch dtype, a name, "auto" (bfloat16 where the hardware has fast bf16, `sae.precision`)
     or None (float32). The model is in eval mode with gradients off; its architecture is checked.
     """
+    device = check_device(device)
     dtype = resolve_dtype(dtype, device)
     if spec in ("embedded", "embedded:smollm2"):
         model, tokenizer = embedded.load_model(device=device, dtype=dtype)

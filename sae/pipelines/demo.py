@@ -30,9 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from sae.cli import add_arguments, from_arguments, option
+from sae.cli import add_arguments, check_options, from_arguments, option
 from sae.data.stream import ActivationStream
-from sae.errors import SAEError
 from sae.eval.evaluate import evaluate
 from sae.formats import save
 from sae.formats.names import SUITES, parse_name
@@ -54,30 +53,29 @@ COLUMNS = ["sae", "mode", "n_features", "tokens", "massive_tokens", "l0", "expla
 class DemoSettings:
     """What the demo trains and evaluates (docs/demo.md shows the ablation behind each value)."""
 
-    epochs: float = option(2.0, "passes over the captured train split")
-    distinct_tokens: int = option(WHOLE_SPLIT, "train-split tokens to capture (default: all of them)")
-    batch_size: int = option(1024, "tokens per step")
-    lr: float = option(2e-3, "Adam learning rate (paper: 8e-4 over 10^4+ steps)")
-    aux_k: int = option(256, "AuxK dead-feature loss (Gao et al.) with this k; 0 = off")
-    dead_tokens: int = option(200_000, "AuxK: a feature silent this many tokens counts as dead")
-    l1: float = option(DEFAULT_L1, "L1 coefficient of the vanilla SAE (chosen for L0 ~150: docs/training.md)")
-    context: int = option(256, "tokens per packed training row (the summaries average ~100 tokens)")
+    epochs: float = option(2.0, "passes over the captured train split", above=0, max=1000)
+    distinct_tokens: int = option(WHOLE_SPLIT, "train-split tokens to capture (default: all of them)", min=1, max=WHOLE_SPLIT)
+    batch_size: int = option(1024, "tokens per step", min=1, max=2**24)
+    lr: float = option(2e-3, "Adam learning rate (paper: 8e-4 over 10^4+ steps)", above=0, max=1)
+    aux_k: int = option(256, "AuxK dead-feature loss (Gao et al.) with this k; 0 = off", min=0)
+    dead_tokens: int = option(200_000, "AuxK: a feature silent this many tokens counts as dead", min=1)
+    l1: float = option(DEFAULT_L1, "L1 coefficient of the vanilla SAE (chosen for L0 ~150: docs/training.md)", min=0)
+    context: int = option(256, "tokens per packed training row (the summaries average ~100 tokens)", min=2)
     calibration: str = option("per-feature", "JumpReLU thresholds of the saved TopK SAEs", choices=CALIBRATIONS)
-    threshold_tokens: int = option(32_768, "calibration tokens for the JumpReLU thresholds")
+    threshold_tokens: int = option(32_768, "calibration tokens for the JumpReLU thresholds", min=1)
     seed: int = option(0, "seed of initialisation and shuffling")
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "distinct_tokens", "context", "threshold_tokens"):
-            if getattr(self, name) < 1:
-                raise SAEError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.epochs > 0 or not self.lr > 0 or self.l1 < 0 or self.aux_k < 0:
-            raise SAEError("epochs and lr must be positive, l1 and aux_k non-negative")
+        check_options(self)
 
 
 @dataclass
 class EvalSettings:
-    eval_tokens: int = option(200_000, "held-out tokens to evaluate (the split holds ~100,000: all of them)")
-    lm_tokens: int = option(20_000, "of those, tokens that also get delta LM loss / KL / CE recovered")
+    eval_tokens: int = option(200_000, "held-out tokens to evaluate (the split holds ~100,000: all of them)", min=1)
+    lm_tokens: int = option(20_000, "of those, tokens that also get delta LM loss / KL / CE recovered", min=0)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def training_stream(settings: DemoSettings, hooks: Sequence[str] = (HOOK,)) -> ActivationStream:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sae.cli import add_arguments, from_arguments, option
+from sae.cli import add_arguments, check_options, from_arguments, option
 from sae.data.stream import ActivationStream
 from sae.errors import SAEError
 from sae.eval.evaluate import evaluate
@@ -57,17 +57,18 @@ class GridSettings:
 
     layers: str = option("3,7,15,23", "layers with R SAEs (8x and 32x TopK, 8x vanilla)")
     position_layers: str = option("3,7", "of those, layers that also get A, M and TC SAEs (8x TopK)")
-    sweep_layer: int = option(15, "the layer of the k and L1 sweeps (one of --layers)")
+    sweep_layer: int = option(15, "the layer of the k and L1 sweeps (one of --layers)", min=0, max=N_LAYERS - 1)
     k_sweep: str = option("20,100", "more k values of 8x TopK SAEs at the sweep layer (besides 50)")
     l1_sweep: str = option("7e-4,2.8e-3", "more L1 coefficients of 8x vanilla SAEs at the sweep layer")
-    anneal_tokens: int = option(100_000, "training tokens of each Fig. 12 run")
-    alive_window: int = option(50_000, "Fig. 12: alive = fired within this many tokens")
-    eval_tokens: int = option(200_000, "held-out tokens per evaluation (the split holds ~100,000: all)")
-    lm_tokens: int = option(8192, "of those, tokens that also get delta LM loss")
-    long_context: int = option(4096, "row length of the Fig. 5 evaluation")
-    long_tokens: int = option(16_384, "tokens of the Fig. 5 evaluation")
+    anneal_tokens: int = option(100_000, "training tokens of each Fig. 12 run", min=1)
+    alive_window: int = option(50_000, "Fig. 12: alive = fired within this many tokens", min=1)
+    eval_tokens: int = option(200_000, "held-out tokens per evaluation (the split holds ~100,000: all)", min=1)
+    lm_tokens: int = option(8192, "of those, tokens that also get delta LM loss", min=0)
+    long_context: int = option(4096, "row length of the Fig. 5 evaluation", min=2)
+    long_tokens: int = option(16_384, "tokens of the Fig. 5 evaluation", min=1)
 
     def __post_init__(self) -> None:
+        check_options(self)
         self.layer_list = _numbers(self.layers, int, "layers")
         self.position_list = _numbers(self.position_layers, int, "position-layers")
         self.k_list = _numbers(self.k_sweep, int, "k-sweep")

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sae.cli import name_or_number, option, parse_count
+from sae.cli import check_options, name_or_number, option, parse_count
+from sae.devices import check_device
 from sae.errors import SAEError, ShapeError
 
 # Vanilla (ReLU + L1) default: lambda multiplies mean_tokens(sum_i f_i ||W_dec,i||) against the
@@ -19,6 +20,8 @@ from sae.errors import SAEError, ShapeError
 # (925-1,850 steps of 1,024 tokens), 1.4e-3 gives the paper's vanilla L0 of ~150 (docs/training.md,
 # "The vanilla L1 default"); short runs need more (L0 falls as training goes on).
 DEFAULT_L1 = 1.4e-3
+MAX_TOKENS = 10**13  # more than any corpus a run could read: a larger budget is a typo
+MAX_BATCH = 2**24
 
 ACTIVATIONS = ("topk", "relu")
 LOSSES = ("mse", "batch-norm-mse")
@@ -39,16 +42,19 @@ class SAESpec:
     name: str = "sae"
     hook_in: str = "x"
     hook_out: str | None = None
-    n_features: int | None = option(None, "number of features (overrides --expansion)")  # default: expansion x d_in
-    expansion: int = option(8, "features = expansion x d_in (names carry their own)")
+    n_features: int | None = option(None, "number of features (overrides --expansion)", min=1)  # default: expansion x d_in
+    expansion: int = option(8, "features = expansion x d_in (names carry their own)", min=1)
     activation: str = option("topk", "topk (Llama Scope) or relu (vanilla: ReLU + L1)", choices=ACTIVATIONS)
-    k: int = option(50, "TopK k")
+    k: int = option(50, "TopK k", min=1)
     k_anneal: bool = option(True, "constant k (default: anneal over the first 10% of steps)", switch=True,
                             group="recipe")
     l1_coefficient: float | None = None  # vanilla only; None = TrainConfig.l1_coefficient
     d_in: int | None = None  # expected widths (checked against the data before training)
     d_out: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # SAEMeta fields (model, layer, position, ...)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
     @property
     def out_hook(self) -> str:
@@ -63,19 +69,19 @@ class SAESpec:
 class TrainConfig:
     """Settings shared by every SAE of a run. Defaults are the Llama Scope paper's."""
 
-    total_tokens: int = option(2_000_000, "training tokens", flag="tokens", parse=parse_count)
-    batch_size: int = option(4096, "tokens per step")
-    lr: float = option(8e-4, "Adam learning rate")
+    total_tokens: int = option(2_000_000, "training tokens", flag="tokens", parse=parse_count, min=1, max=MAX_TOKENS)
+    batch_size: int = option(4096, "tokens per step", min=1, max=MAX_BATCH)
+    lr: float = option(8e-4, "Adam learning rate", above=0, max=1)
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
-    warmup: float | None = option(None, "lr warm-up: steps if >= 1, a fraction if < 1 (default min(10000 steps, 5%))")
-    decay_frac: float = option(0.2, "linear decay to 0 over this final fraction")
-    k_anneal_frac: float = option(0.1, "fraction of steps for K-annealing")
+    warmup: float | None = option(None, "lr warm-up: steps if >= 1, a fraction if < 1 (default min(10000 steps, 5%))", min=0)
+    decay_frac: float = option(0.2, "linear decay to 0 over this final fraction", min=0, max=1)
+    k_anneal_frac: float = option(0.1, "fraction of steps for K-annealing", min=0, max=1)
     k_start: str | int = option("half", "annealing start: half (d/2, released code), d_model (paper) or a number",
-                                parse=name_or_number(K_STARTS, int))
+                                parse=name_or_number(K_STARTS, int), min=1)
     decoder_init_norm: str | float = option("paper", "paper (sqrt(2 d / F)), code (0.5) or a number",
-                                            parse=name_or_number(DECODER_INIT_NORMS, float))
+                                            parse=name_or_number(DECODER_INIT_NORMS, float), above=0)
     b_dec_init: str = option("zero", "decoder bias at init: zero (paper) or the data mean (helps short runs on data "
                              "with a large mean; as sparsify: the first batch's mean target)", choices=B_DEC_INITS)
     score_dtype: str = option("auto", "dtype of the TopK ranking matmul (auto: bfloat16 where the CPU/GPU has it; "
@@ -84,19 +90,23 @@ class TrainConfig:
     norm_tokens: int = 16_384  # tokens used to measure the average norm (when the source has no stats)
     loss: str = option("mse", "mse (paper) or batch-norm-mse (released code: per token / ||batch-centred target||)",
                        choices=LOSSES)
-    l1_coefficient: float = option(DEFAULT_L1, "vanilla L1 coefficient", flag="l1")
+    l1_coefficient: float = option(DEFAULT_L1, "vanilla L1 coefficient", flag="l1", min=0)
     l1_warmup_frac: float = 0.05  # vanilla: lambda ramps up linearly over this fraction
-    aux_k: int = option(0, "AuxK dead-feature loss with this k (Gao et al. use 512; e.g. d/2); 0 = off")
-    aux_coef: float = option(1 / 32, "AuxK weight")
-    dead_tokens: int = option(1_000_000, "AuxK: a feature silent this many tokens counts as dead", parse=parse_count)
-    grad_clip: float = option(0.0, "max global gradient norm; 0 = off (released code: 0.001)")
+    aux_k: int = option(0, "AuxK dead-feature loss with this k (Gao et al. use 512; e.g. d/2); 0 = off", min=0)
+    aux_coef: float = option(1 / 32, "AuxK weight", min=0)
+    dead_tokens: int = option(1_000_000, "AuxK: a feature silent this many tokens counts as dead", parse=parse_count, min=1)
+    grad_clip: float = option(0.0, "max global gradient norm; 0 = off (released code: 0.001)", min=0)
     alive_window: int = 1_000_000  # "alive" = fired within the last this-many tokens
     seed: int = 0
     checkpoint_every: int = option(0, "steps between checkpoints; 0 = only at the end (python -m sae.train: "
-                                   "about every 5%)", group="run")
-    log_every: int = option(10, "steps between log rows", group="run")
+                                   "about every 5%)", group="run", min=0)
+    log_every: int = option(10, "steps between log rows", group="run", min=1)
     device: str = "cpu"
-    threads: int = option(0, "torch CPU threads; 0 = leave as is (torch's choice)", group="run")
+    threads: int = option(0, "torch CPU threads; 0 = leave as is (torch's choice)", group="run", min=0)
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        check_device(self.device)
 
     @property
     def steps(self) -> int:

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sae.cli import option, parse_count
+from sae.cli import check_options, option, parse_count
 from sae.data.massive import MASSIVE_FACTOR
 from sae.data.stream import ActivationStream
 from sae.data.synthetic import SyntheticData
+from sae.devices import check_device
 from sae.errors import SAEError
 from sae.formats.tensors import read_tensors
 from sae.precision import DTYPE_CHOICES
@@ -31,18 +32,22 @@ class DataOptions:
                             metavar="KEY=VAL,...")
     activations: Path | None = option(None, "a safetensors file of activations keyed by hook name (or 'x'); "
                                       "overrides --model/--dataset", parse=Path)
-    context: int = option(1024, "tokens per row (packed rows, or per document with --no-pack)")
+    context: int = option(1024, "tokens per row (packed rows, or per document with --no-pack)", min=1)
     pack: bool = option(True, "one document per row, right-padded (default: documents packed into full rows)",
                         switch=True)
     model_dtype: str = option("auto", "dtype of the language model: auto = bfloat16 where the hardware has fast bf16 "
                               "(AVX512-BF16/AMX CPUs, CUDA), float32 elsewhere", choices=DTYPE_CHOICES)
     massive_factor: float = option(MASSIVE_FACTOR, "leave out positions whose norm exceeds this many times the "
-                                   "site's median (sae.data.massive); 0 = keep all")
+                                   "site's median (sae.data.massive); 0 = keep all", min=0)
     cache: bool = option(False, "cache activations on disk (later runs and resumes skip the model)", switch=True)
     buffer_tokens: int = option(DEFAULT_BUFFER_TOKENS, "shuffle buffer of the activation stream, per process "
-                                "(Llama Scope's)", parse=parse_count)
+                                "(Llama Scope's)", parse=parse_count, min=1)
     device: str = option("cpu", "cpu, cuda, cuda:1 ...")
     seed: int = option(0, "seed of the data order and the synthetic dictionary (sae.train: also of the initialisation)")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        check_device(self.device)
 
 
 def open_source(data: DataOptions, hooks: list[str], *, batch_size: int, max_tokens: int | None, seed: int,

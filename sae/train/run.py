@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from sae.cli import option, parse_count
+from sae.cli import check_options, option, parse_count
 from sae.formats import save
 from sae.lm.sites import parse_site
 from sae.model import SparseAutoencoder
@@ -29,16 +29,19 @@ class RunOptions:
     out: Path = option(MISSING, "run folder: RUN/NAME/{config.json,log.csv,trained/,...}", parse=Path, group="train")
     resume: bool = option(False, "continue from RUN/checkpoint (after a kill or a crash)", switch=True, group="train")
     tp: int = option(1, "under torchrun: split each SAE's features over groups of this many processes (tensor "
-                     "parallel); the data-parallel size is processes / tp. 1: every process holds the whole SAE")
+                     "parallel); the data-parallel size is processes / tp. 1: every process holds the whole SAE", min=1)
     distinct_tokens: int | None = option(None, "train in epochs over the first N tokens of the corpus (reshuffled each "
                                          "epoch; with --cache the model runs only for the first); default: every "
-                                         "training token is new", parse=parse_count)
+                                         "training token is new", parse=parse_count, min=1)
     postprocess: bool = option(True, "skip folding + unit norms + JumpReLU at the end", switch=True)
-    threshold_tokens: int = option(DEFAULT_TOKENS, "N for the JumpReLU threshold")
+    threshold_tokens: int = option(DEFAULT_TOKENS, "N for the JumpReLU threshold", min=1)
     threshold_calibration: str = option("global", "JumpReLU thresholds: global (one, mean L0 = k: the paper) or "
                                         "per-feature (each feature's TopK firing rate); see python -m sae.postprocess",
                                         choices=CALIBRATIONS)
     quiet: bool = option(False, "no progress bar", switch=True)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass

@@ -138,7 +138,7 @@ def test_cli_errors_are_one_line(pair, tmp_path, capsys):
     one_line_error([str(pa), str(narrow)], "d=128")  # different d_model
     np.save(tmp_path / "f.npy", np.ones(3))
     one_line_error([str(pa), str(pa), "--freq-a", str(tmp_path / "f.npy")], "3 firing frequencies")
-    one_line_error([str(pa), str(pa), "--candidates", "0"], "positive")
+    one_line_error([str(pa), str(pa), "--candidates", "0"], "--candidates 0: must be >= 1")
 
 
 def test_cli_offline_without_cache(tmp_path):

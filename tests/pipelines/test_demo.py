@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 from conftest import REPO, TINY_DEMO_ARGS
 
+from sae.errors import SAEError
+
 
 @pytest.mark.real_model
 def test_make_demo_end_to_end(tiny_demo):
@@ -122,7 +124,7 @@ def test_demo_settings_come_from_flags_and_environment(monkeypatch):
     settings = demo.from_arguments(demo.DemoSettings, parser.parse_args(["--lr", "1e-3", "--aux-k", "0"]))
     assert (settings.epochs, settings.lr, settings.aux_k, settings.calibration) == (3.0, 1e-3, 0, "per-feature")
     monkeypatch.setenv("DEMO_BATCH_SIZE", "1.5")
-    with pytest.raises(demo.SAEError, match=r"\$DEMO_BATCH_SIZE: expected a whole number"):
+    with pytest.raises(SAEError, match=r"\$DEMO_BATCH_SIZE: expected a whole number"):
         demo.add_arguments(argparse.ArgumentParser(), demo.DemoSettings, env_prefix="DEMO_")
-    with pytest.raises(demo.SAEError, match="epochs and lr must be positive"):
+    with pytest.raises(SAEError, match=r"--lr -1: must be > 0 and <= 1"):
         demo.DemoSettings(lr=-1.0)
