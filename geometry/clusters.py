@@ -18,6 +18,7 @@ from pathlib import Path
 from geometry.feature_map import METHODS, FeatureMap, cluster_table, feature_map, knn_graph, leiden, pca_rows
 from geometry.labels import read_labels
 from sae.errors import run_cli
+from sae.io import check_writable
 
 __all__ = ["METHODS", "FeatureMap", "build_parser", "cluster_table", "feature_map", "knn_graph", "leiden", "main",
            "pca_rows", "read_labels"]
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_writable(args.out)
     labels = read_labels(args.labels_dir, args.sae)
     m = feature_map({s: s for s in args.sae}, labels=labels, method=args.method, n_neighbors=args.n_neighbors,
                     seed=args.seed, pca_dims=args.pca_dims or None, resolution=args.resolution,

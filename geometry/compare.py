@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
+from pathlib import Path
 
 from geometry.comparison import SCHEMA, Comparison, compare
 from geometry.inputs import Side, load_array
@@ -19,6 +20,7 @@ from geometry.options import Options
 from geometry.statistics import QUANTILES, epsilon, isotropic_quantiles
 from sae.cli import add_arguments, from_arguments
 from sae.errors import run_cli
+from sae.io import check_writable
 
 __all__ = ["QUANTILES", "SCHEMA", "Comparison", "Side", "build_parser", "compare", "epsilon", "isotropic_quantiles",
            "load_array", "main"]
@@ -56,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     opts = asdict(from_arguments(Options, args))
+    if args.out:
+        check_writable(args.out)
+    if args.json:
+        check_writable(Path(args.json).parent, "--json")
     freq = {k: load_array(v, "freq") for k, v in (("freq_a", args.freq_a), ("freq_b", args.freq_b)) if v}
     result = compare(args.a, args.b, activations=args.activations, device=args.device, precision=args.precision,
                      block=args.block, cache=False if args.no_cache else (args.cache_dir or True), **freq, **opts)

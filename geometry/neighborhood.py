@@ -22,6 +22,7 @@ from geometry.seed_neighborhood import Neighborhood, class_references, member_cl
 from geometry.seeds import SEED_COLUMNS, best_seeds, concept_seeds, find_seeds, keyword_pattern
 from sae.cli import field_arguments, from_arguments
 from sae.errors import run_cli
+from sae.io import check_writable
 
 __all__ = ["SEED_COLUMNS", "Neighborhood", "NeighborhoodRun", "NeighborhoodSettings", "best_seeds", "build_parser",
            "class_references", "concept_seeds", "find_seeds", "keyword_pattern", "main", "member_classes",
@@ -77,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run = run_neighborhood(from_arguments(NeighborhoodSettings, args))
+    settings = from_arguments(NeighborhoodSettings, args)
+    check_writable(settings.out)
+    run = run_neighborhood(settings)
     if run.neighborhood is None:
         print(f"{run.note}: no neighbourhood drawn")
         return 0

@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae.devices import check_device
+from sae.errors import BadNameError, ShapeError
 from sae.io import atomic_path, cache_dir
 
 # Worst-case |low-precision dot - fp32 dot| for unit vectors (input rounding; fp32 accumulation).
@@ -101,7 +102,7 @@ def resolve(device=None, precision: str = "auto") -> tuple[torch.device, str]:
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     if precision not in MARGIN:
-        raise ValueError(f"precision must be one of {', '.join(MARGIN)} or auto, not {precision!r}")
+        raise BadNameError(f"precision must be one of {', '.join(MARGIN)} or auto, not {precision!r}")
     return device, precision
 
 
@@ -123,7 +124,7 @@ def top_k_cosine(
     """
     a, b = (x if normalised and isinstance(x, torch.Tensor) else unit_rows(x) for x in (a, b))
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"need two [n, d] matrices with the same d, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ShapeError(f"need two [n, d] matrices with the same d, got {tuple(a.shape)} and {tuple(b.shape)}")
     folder = None if cache is False else default_cache_dir() if cache is True else Path(cache)
     key = ""
     if folder is not None:

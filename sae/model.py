@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sae.errors import ShapeError
+from sae.errors import FormatError, ShapeError
 
 Activation = Literal["topk", "relu", "jumprelu"]
 ACTIVATIONS = ("topk", "relu", "jumprelu")
@@ -75,7 +75,7 @@ class SparseAutoencoder(nn.Module):
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
+            raise FormatError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
         if activation == "topk" and not (k and 0 < k <= n_features):
             raise ShapeError(f"TopK needs 0 < k <= n_features ({n_features}), got k={k}")
         d_out = d_in if d_out is None else d_out

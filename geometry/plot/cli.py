@@ -10,6 +10,7 @@ from pathlib import Path
 
 from geometry.plot.draw import draw_all
 from geometry.plot.export import FORMATS
+from sae.io import check_writable
 
 
 def int_list(text: str) -> list[int]:
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_writable(args.out)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     result = draw_all(args.data, args.out, only=args.only, formats=formats, plotlyjs=args.plotlyjs,
                       model=args.model, dataset=args.dataset)

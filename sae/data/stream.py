@@ -330,6 +330,14 @@ class ActivationStream:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What this stream reads, in order: a checkpoint stores it and a resume on other data is refused."""
+        return {"model": self.model_label, "model_config": _config_digest(self.runner.model),
+                "source": _source_identity(self.source) or _content_digest(self.source), "hooks": sorted(self.hooks),
+                "context": self.context, "pack": self.pack, "shard": list(self.shard), "max_tokens": self.max_tokens,
+                "shuffle": self.shuffle, "seed": self.seed, "massive_factor": self.massive_factor,
+                "text_field": self.text_field}
+
     def _read_index(self) -> dict | None:
         if self.cache_folder is None:
             return None
@@ -351,6 +359,13 @@ def _config_digest(model: Any) -> str:
     params = sum(p.numel() for p in model.parameters())
     first = next(model.parameters()).detach().flatten()[:64].float().tolist()
     return hashlib.sha256((text + str(params) + repr(first)).encode()).hexdigest()[:16]
+
+
+def _content_digest(source: Any) -> str | None:
+    """A hash of an in-memory corpus (a list of texts or records); None for an iterable that cannot be reread."""
+    if not isinstance(source, (list, tuple)):
+        return None
+    return "sha256:" + hashlib.sha256(json.dumps(list(source), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _source_identity(source: Any) -> Any:

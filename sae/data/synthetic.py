@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from sae.errors import SAEError
+
 
 @dataclass
 class SyntheticConfig:
@@ -40,6 +42,17 @@ class SyntheticConfig:
     noise: float = 0.02  # isotropic noise, per dimension, relative to a unit feature
     offset: float = 0.0  # norm of a constant vector added to every token (a mean the SAE's b_dec learns)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = next(((key, rule) for key, ok, rule in (
+            ("d", self.d >= 1, ">= 1"), ("n_parents", self.n_parents >= 1, ">= 1"),
+            ("children_per_parent", self.children_per_parent >= 0, ">= 0"), ("group_size", self.group_size >= 1, ">= 1"),
+            ("child_cos", -1 <= self.child_cos <= 1, "in [-1, 1]"), ("p_child", 0 <= self.p_child <= 1, "in [0, 1]"),
+            ("corr", 0 <= self.corr < 1, "in [0, 1)"), ("freq_min", 0 < self.freq_min <= self.freq_max <= 1,
+                                                        "0 < freq_min <= freq_max <= 1"),
+            ("sigma", self.sigma >= 0, ">= 0"), ("noise", self.noise >= 0, ">= 0")) if not ok), None)
+        if bad:
+            raise SAEError(f"synthetic {bad[0]}={getattr(self, bad[0])!r}: must be {bad[1]}")
 
     @property
     def n_features(self) -> int:

@@ -56,6 +56,17 @@ def iter_texts(source: Any, *, text_field: str = "text") -> Iterator[str]:
         yield text
 
 
+def check_text_source(source: Any) -> None:
+    """Refuse, before any model loads, a text source named by a path that does not exist."""
+    if not isinstance(source, (str, Path)) or str(source) in EMBEDDED_SOURCES or str(source).startswith("hf:"):
+        return
+    if not Path(source).expanduser().exists():
+        raise SAEFileError(
+            f"no such dataset {str(source)!r}: give a .txt/.jsonl/.parquet file or folder, 'embedded-heldout', "
+            "'embedded-train', or hf:NAME[:CONFIG][@SPLIT]"
+        )
+
+
 def iter_documents(source: Any, *, text_field: str = "text", title_field: str = "title") -> Iterator[tuple[str, str]]:
     """(title, text) for every document of `source`, in the order of `iter_texts`. Titles come from the
     embedded corpus (article titles) and from dict documents (`title_field`); other sources give ''."""
@@ -78,10 +89,7 @@ def iter_documents(source: Any, *, text_field: str = "text", title_field: str = 
         if path.is_file():
             yield from (("", t) for t in _file_texts(path, text_field))
             return
-        raise SAEFileError(
-            f"no such dataset {text!r}: give a .txt/.jsonl/.parquet file or folder, 'embedded-heldout', "
-            "'embedded-train', or hf:NAME[:CONFIG][@SPLIT]"
-        )
+        check_text_source(text)
     if isinstance(source, bytes) or not isinstance(source, Iterable):
         raise DataError(f"a text source must be a path, a name or an iterable of strings, not {type(source).__name__}")
     for i, doc in enumerate(source):

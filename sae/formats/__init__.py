@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from sae.devices import check_device
-from sae.errors import SAEFileError
+from sae.errors import BadNameError, SAEFileError
 from sae.formats import llama_scope, saelens
 from sae.formats.names import looks_like_name, parse_name
 from sae.formats.tensors import PICKLE_SUFFIXES, dtype_from_name
@@ -73,4 +73,4 @@ def save(sae: SparseAutoencoder, path: str | Path, format: str = "native") -> Pa
         return llama_scope.write(sae, folder)
     if format in ("native", "saelens"):
         return saelens.write(sae, folder, native=format == "native")
-    raise ValueError(f"unknown format {format!r}; formats: {', '.join(FORMATS)}")
+    raise BadNameError(f"unknown format {format!r}; formats: {', '.join(FORMATS)}")

@@ -108,6 +108,8 @@ def collect_contexts(
         raise ContextsError(f"tokens, n_top and batch_size must be positive and n_random >= 0 "
                             f"(got {tokens}, {n_top}, {batch_size}, {n_random})")
     before, after = _window(window)
+    for folder in (out or {}).values():  # before the model loads; _start_state decides again
+        _refuse_overwrite(Path(folder), resume)
     device = check_device(device)
     resolved = resolve_saes(saes)
     if isinstance(model, (str, Path)):
@@ -140,7 +142,15 @@ def collect_contexts(
     return {c.name: c.state for c in collectors}
 
 
+def _refuse_overwrite(folder: Path | None, resume: bool) -> None:
+    """Without resume, a folder that already holds contexts is an error, not something to overwrite."""
+    if not resume and folder is not None and (folder / STATE_FILE).is_file():
+        raise ContextsError(f"{folder} already holds contexts ({STATE_FILE}); pass --resume (resume=True) to continue "
+                            "them, or another --out (out=) to start anew")
+
+
 def _start_state(settings: dict, vocab_size: int, folder: Path | None, resume: bool) -> TopContexts:
+    _refuse_overwrite(folder, resume)
     if resume and folder is not None and (folder / STATE_FILE).is_file():
         state = TopContexts.load(folder)
         if state.settings != settings:
@@ -251,7 +261,8 @@ def top_contexts(
 
     sae: a SparseAutoencoder (its meta says where it reads) or a spec for `sae.load`. model: "embedded",
     an HF folder / hub name, or a model object with `tokenizer`. out: a folder for the result and its
-    checkpoints; resume=True continues from it (same SAE and settings) instead of starting anew.
+    checkpoints; resume=True continues from it (same SAE and settings); without it a folder that
+    already holds contexts is refused (ContextsError), never overwritten.
     """
     name = getattr(getattr(sae, "meta", None), "name", None) or (str(sae) if isinstance(sae, (str, Path)) else "sae")
     result = collect_contexts({name: sae}, model=model, tokenizer=tokenizer, dataset=dataset, tokens=tokens,

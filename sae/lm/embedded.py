@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from sae.errors import FetchError, SAEFileError
+from sae.errors import BadNameError, FetchError, SAEFileError
 from sae.io import atomic_path, cache_dir
 
 
@@ -198,7 +198,7 @@ def is_heldout(title: str) -> bool:
 def corpus_articles(split: str = "heldout") -> list[dict]:
     """Articles ({title, extract, description, topic}) of one split, ordered by title."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+        raise BadNameError(f"split must be one of {SPLITS}, not {split!r}")
     path = fetch(CORPUS_FILE)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

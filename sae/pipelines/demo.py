@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -36,9 +35,10 @@ from sae.eval.evaluate import evaluate
 from sae.formats import save
 from sae.formats.names import SUITES, parse_name
 from sae.formats.tensors import read_json
-from sae.io import atomic_path, cache_dir, write_json
+from sae.io import atomic_path, cache_dir, check_writable, write_json
 from sae.lm.embedded import MODEL_NAME
-from sae.train import DEFAULT_L1, SAESpec, TrainConfig, first_tokens, latest_checkpoint, train
+from sae.pipelines.staging import commit, prepare
+from sae.train import DEFAULT_L1, SAESpec, TrainConfig, first_tokens, train
 from sae.train.postprocess import CALIBRATIONS, fold_and_normalise, postprocess_to
 
 SUITE = ("L15R-8x", "L15R-32x", "L15R-8x-Vanilla")
@@ -112,26 +112,21 @@ def train_config(settings: DemoSettings, split_tokens: int) -> TrainConfig:
 
 
 def build_suite(settings: DemoSettings, *, rebuild: bool = False) -> Path:
-    """Train and post-process the demo suite unless the cache holds it with these settings; its folder."""
+    """Train and post-process the demo suite unless the cache holds it with these settings; its folder.
+    A suite built with other settings stays in place until the new one is complete (sae.pipelines.staging)."""
     root = cache_dir("demo")
-    marker = root / "build.json"
-    wanted = asdict(settings)
-    built = read_json(marker) if marker.is_file() else None
-    if not rebuild and built == wanted and all((root / name / "cfg.json").is_file() for name in SUITE):
+    build = prepare(root, asdict(settings), SUITE, rebuild=rebuild)
+    if build.done:
         print(f"demo suite already built in {root} with these settings (--rebuild to retrain)")
         return root
-    resume = latest_checkpoint(root) is not None and built == wanted and not rebuild
-    if not resume:
-        if built is not None:
-            print(f"the demo suite in {root} was built with other settings; training anew")
-        for folder in ("checkpoint", *SUITE):  # only the demo suite's own files
-            shutil.rmtree(root / folder, ignore_errors=True)
-        marker.unlink(missing_ok=True)
+    if build.staged:
+        print(f"the demo suite in {root} was built with other settings; it stays there until the new one, "
+              f"trained in {build.folder}, is complete")
     stream = training_stream(settings)
     split_tokens = stream.n_tokens()  # captures the split on first use
     print(f"train split: {split_tokens:,} tokens at {HOOK} ({stream.massive_tokens} massive positions left out)")
-    write_json(marker, wanted)
-    train_suite(stream, suite_specs(settings), settings, root, resume=resume)
+    train_suite(stream, suite_specs(settings), settings, build.folder, resume=build.resume)
+    commit(build, SUITE)
     return root
 
 
@@ -184,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="where the evaluation tables go")
     args = p.parse_args(argv)
     settings, eval_settings = from_arguments(DemoSettings, args), from_arguments(EvalSettings, args)
+    check_writable(args.out)
     start = time.perf_counter()
     root = build_suite(settings, rebuild=args.rebuild)
     table, paths = evaluate_suite(root, args.out / "eval", eval_settings)

@@ -29,7 +29,6 @@ What it writes to `--out` (schemas: docs/figures.md):
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -41,10 +40,10 @@ from sae.data.stream import ActivationStream
 from sae.errors import SAEError
 from sae.eval.evaluate import evaluate
 from sae.formats import load
-from sae.formats.tensors import read_json
-from sae.io import atomic_path, cache_dir, write_json
+from sae.io import atomic_path, cache_dir, check_writable, write_json
 from sae.lm.embedded import MODEL_NAME, corpus_articles, load_model
 from sae.pipelines.demo import DemoSettings, suite_spec, train_config, train_suite, training_stream
+from sae.pipelines.staging import commit, prepare
 from sae.train import SAESpec, latest_checkpoint, read_log, train
 
 N_LAYERS = 30
@@ -111,22 +110,16 @@ def grid_root() -> Path:
 
 def train_layer(layer: int, grid: GridSettings, recipe: DemoSettings) -> dict[str, Path]:
     """Train (or finish) one layer's SAEs with `recipe`; returns {name: folder}. A layer built with the
-    same recipe and SAEs is skipped; one built otherwise is trained anew (its old SAEs removed)."""
+    same recipe and SAEs is skipped; one built otherwise stays until its rebuild is complete."""
     specs = layer_specs(layer, grid, recipe)
     run = grid_root() / f"L{layer}"
-    folders = {s.name: run / s.name for s in specs}
-    marker, wanted = run / "build.json", {"recipe": asdict(recipe), "saes": list(folders)}
-    built = read_json(marker) if marker.is_file() else None
-    if built == wanted and all((f / "cfg.json").is_file() for f in folders.values()):
-        return folders
-    resume = built == wanted and latest_checkpoint(run) is not None
-    if not resume:
-        shutil.rmtree(run, ignore_errors=True)
-    hooks = list(dict.fromkeys(h for s in specs for h in (s.hook_in, s.out_hook)))
-    stream = training_stream(recipe, hooks)
-    write_json(marker, wanted)
-    train_suite(stream, specs, recipe, run, resume=resume)
-    return folders
+    names = [s.name for s in specs]
+    build = prepare(run, {"recipe": asdict(recipe), "saes": names}, names)
+    if not build.done:
+        hooks = list(dict.fromkeys(h for s in specs for h in (s.hook_in, s.out_hook)))
+        train_suite(training_stream(recipe, hooks), specs, recipe, build.folder, resume=build.resume)
+        commit(build, names)
+    return {name: run / name for name in names}
 
 
 def train_anneal_runs(grid: GridSettings, recipe: DemoSettings) -> pd.DataFrame:
@@ -213,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                   defaults={"epochs": 1.0})
     args = p.parse_args(argv)
     grid, recipe = from_arguments(GridSettings, args), from_arguments(DemoSettings, args)
+    check_writable(args.out)
     paths = build(grid, recipe, args.out)
     print("tables:\n" + "\n".join(f"  {p}" for p in paths.values()))
     return 0

@@ -122,8 +122,9 @@ def load_checkpoint(folder: Path, jobs: list[SAETrainer]) -> dict[str, Any]:
 
 
 def check_resume(state: dict[str, Any], specs: list[SAESpec], config: TrainConfig, ckpt: Path, sh: Sharding,
-                 per_rank: bool) -> None:
-    """Refuse to resume from a checkpoint (its state.json: `state`) written by another run or layout."""
+                 per_rank: bool, fingerprint: Any = None) -> None:
+    """Refuse to resume from a checkpoint (its state.json: `state`) written by another run, on other data
+    (`fingerprint`: DataSource.fingerprint(); not checked when either side cannot say) or layout."""
     if state.get("version") != CHECKPOINT_VERSION:
         raise TrainingError(f"{ckpt}: checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
     saved = state["config"]
@@ -135,9 +136,26 @@ def check_resume(state: dict[str, Any], specs: list[SAESpec], config: TrainConfi
             )
     if [s["name"] for s in state["specs"]] != [s.name for s in specs]:
         raise TrainingError(f"{ckpt} holds SAEs {[s['name'] for s in state['specs']]}, this run asks for {[s.name for s in specs]}")
+    saved_data = state.get("data")
+    if saved_data is not None and fingerprint is not None and saved_data != fingerprint:
+        raise TrainingError(f"{ckpt} was written on other data ({_differences(saved_data, fingerprint)}); "
+                            "resume on the same data, or train into another --out")
     # the weights resume under any layout; a stream sharded per process resumes only over as many processes
     layout = state.get("layout", {})
     world = layout.get("world", 1)
     if (per_rank or layout.get("per_rank_data")) and world != sh.world:
         raise TrainingError(f"{ckpt} was written by {world} process(es) each reading its own shard of the activations; "
                             f"resume with {world} (the data position depends on it), not {sh.world}")
+
+
+def _differences(saved: Any, now: Any) -> str:
+    """Which keys of two fingerprints differ, for the message ("source: 'a' -> 'b'")."""
+    if not (isinstance(saved, dict) and isinstance(now, dict)):
+        return f"{saved!r} -> {now!r}"
+    keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    return "; ".join(f"{k}: {_short(saved.get(k))} -> {_short(now.get(k))}" for k in keys)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
 def summary(result: RunResult, config: TrainConfig, run: RunOptions) -> str:
     """What the command prints: the training throughput, then what became of every SAE."""
     t = result.trained
+    if t.finished_before:
+        return (f"{run.out} holds a finished run ({t.steps} of {t.steps} steps); nothing was trained or changed. "
+                f"Its SAEs: {', '.join(str(f) for f in result.folders.values())}")
     layout = f" ({result.layout})" if result.layout else ""
     lines = [f"trained {', '.join(t.saes)}: {t.steps} steps, {t.steps * config.batch_size:,} tokens, "
              f"{t.tokens_per_second:,.0f} tokens/s{layout}; run folder {run.out}"]

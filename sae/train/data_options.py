@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from sae.cli import check_options, option, parse_count
 from sae.data.massive import MASSIVE_FACTOR
 from sae.data.stream import ActivationStream
-from sae.data.synthetic import SyntheticData
+from sae.data.synthetic import SyntheticConfig, SyntheticData
+from sae.data.text import check_text_source
 from sae.devices import check_device
 from sae.errors import SAEError
 from sae.formats.tensors import read_tensors
@@ -48,6 +49,10 @@ class DataOptions:
     def __post_init__(self) -> None:
         check_options(self)
         check_device(self.device)
+        if self.activations is None and self.dataset != "synthetic":
+            check_text_source(self.dataset)
+        if self.dataset == "synthetic":
+            synthetic_config(self.synthetic, self.seed)
 
 
 def open_source(data: DataOptions, hooks: list[str], *, batch_size: int, max_tokens: int | None, seed: int,
@@ -65,7 +70,7 @@ def open_source(data: DataOptions, hooks: list[str], *, batch_size: int, max_tok
         bad = [h for h in hooks if h != "x"]
         if bad:
             raise SAEError(f"unknown site {bad[0]!r}: synthetic activations have one site, 'x'")
-        return SyntheticData(**{"seed": data.seed, **_parse_kv(data.synthetic)})  # one dictionary per --seed
+        return SyntheticData(synthetic_config(data.synthetic, data.seed))  # one dictionary per --seed
     model, tokenizer = data.model, None
     if isinstance(reuse, ActivationStream):
         model, tokenizer = reuse.runner.model, reuse.tokenizer
@@ -75,6 +80,19 @@ def open_source(data: DataOptions, hooks: list[str], *, batch_size: int, max_tok
                             buffer_tokens=buffer, model_dtype=data.model_dtype, massive_factor=data.massive_factor,
                             cache=True if data.cache else None, device=data.device, shard=shard,
                             progress=progress and shard[0] == 0)
+
+
+def synthetic_config(text: str, seed: int) -> SyntheticConfig:
+    """The SyntheticConfig of `--synthetic d=64,n_parents=64` (seed: --seed unless the text sets it)."""
+    values = _parse_kv(text)
+    defaults = asdict(SyntheticConfig())
+    for key, value in values.items():
+        if key not in defaults:
+            raise SAEError(f"--synthetic {key}=...: unknown field; fields: {', '.join(defaults)}")
+        whole = isinstance(defaults[key], int)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and value != int(value)):
+            raise SAEError(f"--synthetic {key}={value!r}: expected {'a whole number' if whole else 'a number'}")
+    return SyntheticConfig(**{"seed": seed, **values})
 
 
 def _parse_kv(text: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ gradients averaged over data-parallel replicas; in one process every collective 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ class TrainResult:
     steps: int
     tokens: int
     seconds: float
+    finished_before: bool = False  # resumed from the run's final checkpoint: nothing was trained or rewritten
 
     @property
     def tokens_per_second(self) -> float:
@@ -90,8 +92,9 @@ def _train(source: Any, specs: list[SAESpec], config: TrainConfig, out: Path | N
     ckpt = _checkpoint_to_resume(out, resume, sh)
     # the normalisation factors come from the checkpoint when resuming, so the data is not read twice
     state: dict[str, Any] | None = read_json(ckpt / "state.json") if ckpt is not None else None
+    fingerprint = data.fingerprint()
     if state is not None:
-        check_resume(state, specs, config, ckpt, sh, data.per_rank)
+        check_resume(state, specs, config, ckpt, sh, data.per_rank, fingerprint)
         norms = {h: float(v) for h, v in state["mean_norms"].items()}
     elif config.normalize:
         norms = data.mean_norms({h for s in specs for h in (s.hook_in, s.out_hook)}, config.norm_tokens)
@@ -104,11 +107,13 @@ def _train(source: Any, specs: list[SAESpec], config: TrainConfig, out: Path | N
         start_step = int(state["step"])
     elif config.b_dec_init == "mean":
         _b_dec_at_mean(jobs, data, config, sh)
-    run_meta = {"config": asdict(config), "specs": [asdict(s) for s in specs], "mean_norms": norms,
+    run_meta = {"config": asdict(config), "specs": [asdict(s) for s in specs], "mean_norms": norms, "data": fingerprint,
                 "layout": {**sh.layout(), "per_rank_data": data.per_rank}}
-    writers = _open_logs(out, jobs, config, norms, start_step) if out is not None and sh.is_main else {}
-
     T, B = config.steps, config.batch_size
+    finished_before = start_step >= T  # resumed from the final checkpoint: train, log and rewrite nothing
+    logging = out is not None and sh.is_main and not finished_before
+    writers = _open_logs(out, jobs, config, norms, start_step) if logging else {}
+
     end_step = T if stop_after is None else min(T, start_step + stop_after)
     hooks = list(dict.fromkeys(h for s in specs for h in (s.hook_in, s.out_hook)))
     bar = tqdm(total=T * B, initial=start_step * B, unit="tok", unit_scale=True, disable=not (progress and sh.is_main),
@@ -142,10 +147,11 @@ def _train(source: Any, specs: list[SAESpec], config: TrainConfig, out: Path | N
     saes = {job.spec.name: _trained_sae(job, config, step, sh) for job in jobs}
     if out is not None and step == T and sh.is_main:
         for name, sae in saes.items():
-            save(sae, out / name / "trained")
+            if not (finished_before and (out / name / "trained" / "cfg.json").is_file()):
+                save(sae, out / name / "trained")
     logs = {name: read_log(out / name) for name in saes} if out is not None and sh.is_main else {}
     sh.barrier()  # the run folder is complete for every rank that returns
-    return TrainResult(saes, logs, out, step, (step - start_step) * B, seconds)
+    return TrainResult(saes, logs, out, step, (step - start_step) * B, seconds, finished_before)
 
 
 def _checkpoint_to_resume(out: Path | None, resume: bool, sh: Sharding) -> Path | None:
@@ -153,6 +159,8 @@ def _checkpoint_to_resume(out: Path | None, resume: bool, sh: Sharding) -> Path 
     ckpt = latest_checkpoint(out) if out is not None else None
     if not sh.same_everywhere(int(ckpt.name.split("-")[-1]) if ckpt else -1):
         raise TrainingError(f"the processes see different checkpoints in {out}: put the run folder on a filesystem every node shares")
+    if ckpt is None and resume and out is not None and sh.is_main:
+        print(f"nothing to resume in {out} (no checkpoint): starting a new run", file=sys.stderr)
     if ckpt is not None and not resume:
         raise TrainingError(f"{out} already holds a run (checkpoint {ckpt.name}); pass resume=True / --resume, or another --out")
     return ckpt

@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 
-from sae.cli import add_arguments, from_arguments
+from sae.cli import add_arguments, check_options, from_arguments, option
 from sae.errors import SAEError
 from sae.eval.metrics import MetricSums
 from sae.eval.resolve import inference_variant
 from sae.formats import load, save
-from sae.io import write_json
+from sae.io import check_writable, write_json
 from sae.model import SparseAutoencoder
 from sae.train.data_options import DataOptions, open_source
 from sae.train.source import as_batch
@@ -230,6 +230,18 @@ def postprocess_folder(trained: str | Path, data: DataOptions, out: str | Path |
     return postprocess_to(sae, source, out, n_tokens=n_tokens, calibration=calibration), out
 
 
+@dataclass
+class PostprocessOptions:
+    """The flags of `python -m sae.postprocess` besides the SAE folder, --out and the activations."""
+
+    tokens: int = option(DEFAULT_TOKENS, "N, tokens for the threshold", min=1)
+    calibration: str = option("global", "global: one threshold, mean L0 = k (the paper); per-feature: each feature "
+                              "keeps its TopK firing rate on the N tokens", choices=CALIBRATIONS)
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m sae.postprocess",
@@ -238,15 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("trained", type=Path, help="a trained SAE folder (RUN/NAME/trained, or RUN/NAME holding trained/)")
     p.add_argument("--out", type=Path, help="where to write the JumpReLU SAE (default: the SAE's run folder, RUN/NAME)")
-    p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="N, tokens for the threshold (default 32768)")
-    p.add_argument("--calibration", choices=CALIBRATIONS, default="global",
-                   help="global: one threshold, mean L0 = k (the paper); per-feature: each feature keeps its TopK "
-                   "firing rate on the N tokens")
+    add_arguments(p, PostprocessOptions)
     add_arguments(p.add_argument_group("activations"), DataOptions)
     args = p.parse_args(argv)
-    result, out = postprocess_folder(args.trained, from_arguments(DataOptions, args), args.out, n_tokens=args.tokens,
-                                     calibration=args.calibration)
+    opts = from_arguments(PostprocessOptions, args)
+    if args.out is not None:
+        check_writable(args.out)
+    result, out = postprocess_folder(args.trained, from_arguments(DataOptions, args), args.out, n_tokens=opts.tokens,
+                                     calibration=opts.calibration)
     print(result.report.to_string(index=False))
-    print(f"{args.calibration} thresholds over {result.n_tokens} tokens (global: {result.threshold:.6g}); "
+    print(f"{opts.calibration} thresholds over {result.n_tokens} tokens (global: {result.threshold:.6g}); "
           f"JumpReLU SAE written to {out}")
     return 0

@@ -12,6 +12,7 @@ import torch
 
 from sae.cli import check_options, option, parse_count
 from sae.formats import save
+from sae.io import check_writable
 from sae.lm.sites import parse_site
 from sae.model import SparseAutoencoder
 from sae.train.config import SAESpec, TrainConfig, validate
@@ -60,6 +61,7 @@ def train_and_postprocess(specs: list[SAESpec], config: TrainConfig, data: DataO
     written to RUN/NAME. Bad requests fail before the model loads. Under torchrun every process calls
     this; only rank 0's result holds the post-processed SAEs."""
     validate(specs, config, None)  # k, options: before the model is loaded
+    check_writable(run.out)
     sh = setup(run.tp, device=data.device)  # one process without torchrun
     try:
         sh.validate({s.name: s.n_features or s.expansion * s.d_in for s in specs if s.n_features or s.d_in},
@@ -68,7 +70,10 @@ def train_and_postprocess(specs: list[SAESpec], config: TrainConfig, data: DataO
             config.device = str(sh.device)
         source, trained = _train(specs, config, data, run, sh)
         result = RunResult(trained, layout=sh.describe() if sh.world > 1 else None, main_process=sh.is_main)
-        if sh.is_main and run.postprocess:
+        finals = {name: run.out / name for name in trained.saes}
+        if trained.finished_before and all((f / "cfg.json").is_file() for f in finals.values()):
+            result.folders = finals  # a resume of a finished run changes nothing
+        elif sh.is_main and run.postprocess:
             _postprocess(result, data, run, source)
         return result
     finally:

@@ -3,8 +3,10 @@ any iterable of batches (the activation stream) into resumable batches of exactl
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -69,6 +71,18 @@ class DataSource:
                 return {str(h): int(v) for h, v in d.items()}
         first = self._take(0)
         return {h: t.shape[-1] for h, t in first.items()}
+
+    def fingerprint(self) -> Any:
+        """What the source reads, as JSON (None: an iterable that cannot say). A checkpoint stores it and a
+        resume on other data is refused: a tensor's shape and a strided sample of its rows, a synthetic
+        dictionary's config, or the source's own `fingerprint()` (the activation stream's model, corpus,
+        sites, packing and order)."""
+        if self.fixed is not None:
+            return {h: _tensor_digest(t) for h, t in sorted(self.fixed.items())}
+        if self.synthetic is not None:
+            return {"source": "synthetic", **asdict(self.synthetic.config)}
+        own = getattr(self.source, "fingerprint", None)
+        return own() if callable(own) else None
 
     def first_batch(self) -> dict[str, torch.Tensor]:
         if self.fixed is not None:
@@ -218,3 +232,9 @@ def first_tokens(source: Any, hooks: list[str], n: int) -> dict[str, torch.Tenso
         if seen >= n:
             break
     return {h: torch.cat(v) for h, v in parts.items()}
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    """A short hash of a tensor's shape and of up to 256 of its rows, evenly spaced."""
+    rows = t[:: max(1, t.shape[0] // 256)].contiguous()
+    return f"{list(t.shape)}:" + hashlib.sha256(rows.float().numpy().tobytes()).hexdigest()[:16]

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, TINY_DEMO_ARGS
 
-from sae.errors import SAEError
+from sae.errors import SAEError, run_cli
 
 
 @pytest.mark.real_model
@@ -77,42 +77,100 @@ class _FakeStream:
         return 8192
 
 
-def _fake_training(calls: list, root):
+def _fake_training(calls: list):
     """Stands in for `sae.train.train` to record what the demo asks for (the decisions, not training)."""
     def run(source, specs, config, *, out_dir, resume):
-        calls.append((config.total_tokens, resume))
-        (root / "checkpoint" / "step_1").mkdir(parents=True, exist_ok=True)
-        (root / "checkpoint" / "step_1" / "state.json").write_text("{}")
+        calls.append((config.total_tokens, resume, out_dir.name))
+        (out_dir / "checkpoint" / "step_1").mkdir(parents=True, exist_ok=True)
+        (out_dir / "checkpoint" / "step_1" / "state.json").write_text("{}")
         for name in ("L15R-8x", "L15R-32x", "L15R-8x-Vanilla"):
-            (root / name).mkdir(exist_ok=True)
-            (root / name / "cfg.json").write_text("{}")
+            (out_dir / name).mkdir(exist_ok=True)
+            (out_dir / name / "cfg.json").write_text(json.dumps({"tokens": config.total_tokens}))
         return SimpleNamespace(saes={}, steps=1, tokens_per_second=1.0)
     return run
 
 
-def test_build_suite_resumes_same_settings_and_restarts_other(tmp_path, monkeypatch):
-    from sae.pipelines import demo
+class _Killed(Exception):
+    pass
+
+
+def test_build_suite_resumes_same_settings_and_replaces_other_only_when_complete(tmp_path, monkeypatch):
+    from sae.pipelines import demo, staging
 
     monkeypatch.setenv("SAE_CACHE", str(tmp_path))
     root = tmp_path / "demo"
     calls: list = []
-    monkeypatch.setattr(demo, "train", _fake_training(calls, root))
+    fake = _fake_training(calls)
+    monkeypatch.setattr(demo, "train", fake)
     monkeypatch.setattr(demo, "training_stream", lambda settings: _FakeStream())
     monkeypatch.setattr(demo, "first_tokens", lambda *a: {})
-    monkeypatch.setattr(demo, "latest_checkpoint",
+    monkeypatch.setattr(staging, "latest_checkpoint",
                         lambda r: next(iter(sorted((r / "checkpoint").glob("step_*"))), None) if (r / "checkpoint").is_dir() else None)
 
+    def cfg(name):
+        return json.loads((root / name / "cfg.json").read_text())
+
     demo.build_suite(demo.DemoSettings(epochs=1))
-    assert calls[-1] == (8192, False)  # one epoch over the 8,192-token split
+    assert calls[-1] == (8192, False, "demo")  # one epoch over the 8,192-token split, in place (nothing to keep)
     demo.build_suite(demo.DemoSettings(epochs=1))  # built: no training at all
     assert len(calls) == 1
     (root / "L15R-32x" / "cfg.json").unlink()  # interrupted with the same settings: resume
     demo.build_suite(demo.DemoSettings(epochs=1))
-    assert calls[-1] == (8192, True)
-    (root / "L15R-8x" / "stale").write_text("x")
-    demo.build_suite(demo.DemoSettings(epochs=2))  # other settings: the old suite is removed, training starts anew
-    assert calls[-1] == (16384, False) and not (root / "L15R-8x" / "stale").exists()
-    assert json.loads((root / "build.json").read_text())["epochs"] == 2
+    assert calls[-1] == (8192, True, "demo")
+    (root / "notes.txt").write_text("mine")  # not the suite's: never touched
+
+    def killed(source, specs, config, *, out_dir, resume):  # other settings, killed mid-training
+        calls.append((config.total_tokens, resume, out_dir.name))
+        (out_dir / "checkpoint" / "step_1").mkdir(parents=True, exist_ok=True)
+        (out_dir / "checkpoint" / "step_1" / "state.json").write_text("{}")
+        raise _Killed
+
+    monkeypatch.setattr(demo, "train", killed)
+    with pytest.raises(_Killed):
+        demo.build_suite(demo.DemoSettings(epochs=2))
+    assert calls[-1] == (16384, False, ".staging")
+    assert cfg("L15R-8x") == {"tokens": 8192} and json.loads((root / "build.json").read_text())["epochs"] == 1
+    monkeypatch.setattr(demo, "train", fake)
+    demo.build_suite(demo.DemoSettings(epochs=2))  # the interrupted rebuild resumes in staging, then replaces
+    assert calls[-1] == (16384, True, ".staging")
+    assert cfg("L15R-8x") == {"tokens": 16384} and json.loads((root / "build.json").read_text())["epochs"] == 2
+    assert not (root / ".staging").exists() and not (root / ".old").exists()
+    assert (root / "notes.txt").read_text() == "mine"
+
+
+def test_bad_budget_on_a_built_suite_deletes_nothing(tmp_path, monkeypatch, capsys):
+    from sae.pipelines import demo
+
+    monkeypatch.setenv("SAE_CACHE", str(tmp_path))
+    suite = tmp_path / "demo" / "L15R-8x"
+    suite.mkdir(parents=True)
+    (suite / "cfg.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: demo.main(["--distinct-tokens", "-5"]))
+    assert e.value.code == 2 and (suite / "cfg.json").is_file()
+    assert capsys.readouterr().err == "error: --distinct-tokens -5: must be >= 1 and <= 2,000,000\n"
+
+
+def test_a_replacement_killed_midway_is_finished_by_the_next_build(tmp_path, monkeypatch):
+    from sae.pipelines import staging
+
+    monkeypatch.setattr(staging, "latest_checkpoint", lambda r: None)
+    names = ["a", "b"]
+    root = tmp_path / "suite"
+    for folder, tag in ((root, "old"), (root / staging.STAGING, "new")):
+        for n in names:
+            (folder / n).mkdir(parents=True)
+            (folder / n / "cfg.json").write_text(tag)
+        (folder / "build.json").write_text(json.dumps({"v": tag}))
+    (root / staging.OLD).mkdir()  # the move had begun: "a" is already in place, the old "a" in .old
+    (root / staging.OLD / "a").mkdir()
+    (root / staging.OLD / "a" / "cfg.json").write_text("old")
+    (root / "a" / "cfg.json").write_text("new")
+    (root / staging.STAGING / "a" / "cfg.json").unlink()
+    (root / staging.STAGING / "a").rmdir()
+    build = staging.prepare(root, {"v": "new"}, names)
+    assert build.done and [(root / n / "cfg.json").read_text() for n in names] == ["new", "new"]
+    assert not (root / staging.OLD).exists() and not (root / staging.STAGING).exists()
 
 
 def test_demo_settings_come_from_flags_and_environment(monkeypatch):
