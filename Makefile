@@ -7,7 +7,7 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || ech
 EXTRAS ?= dev
 DEMO_OUT ?= out/demo
 DEMO_ARGS ?=
-DEMO_CONTEXT_TOKENS ?= 20000
+DEMO_CONTEXT_TOKENS ?= 100000
 DEMO_KEYWORDS ?= war,pandemic,famine,plague,climate,crisis,disaster,nuclear
 FIGURES_DATA ?= figures/data
 FIGURES_OUT ?= figures
@@ -27,17 +27,20 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 # sae.demo reads DEMO_<SETTING> for each of its settings (DEMO_EPOCHS=1, DEMO_REBUILD=1, ...; python -m sae.demo
-# --help) and DEMO_ARGS passes any of its flags. DEMO_CONTEXT_TOKENS is the
-# top-context budget of the threats neighbourhood (its contexts are kept and reused by later runs).
+# --help) and DEMO_ARGS passes any of its flags. DEMO_CONTEXT_TOKENS is the top-context budget of the
+# threats neighbourhood and the atlas (one pass, kept in $(DEMO_OUT)/contexts and reused by later runs).
 demo: setup
 	$(BIN)/python -m sae.demo --out $(DEMO_OUT) $(DEMO_ARGS)
 	$(BIN)/python -m geometry.compare demo:L15R-8x demo:L15R-32x --out $(DEMO_OUT)/compare \
 		--freq-a $(DEMO_OUT)/eval/frequencies_L15R-8x.csv --freq-b $(DEMO_OUT)/eval/frequencies_L15R-32x.csv \
-		--json $(DEMO_OUT)/compare/summary.json
+		--json $(DEMO_OUT)/compare/summary.json --atlas ../atlas
+	$(BIN)/python -m geometry.atlas demo:L15R-8x demo:L15R-32x demo:L15R-8x-Vanilla --compare $(DEMO_OUT)/compare \
+		--tokens $(DEMO_CONTEXT_TOKENS) --contexts-dir $(DEMO_OUT)/contexts --out $(DEMO_OUT)/atlas \
+		--link "compare report: 8x vs 32x=../compare/report.html" --link "threats neighbourhood=../threats/neighborhood.html"
 	$(BIN)/python -m geometry.neighborhood demo:L15R-8x --keywords $(DEMO_KEYWORDS) \
 		--members demo:L15R-8x-Vanilla=6,demo:L15R-8x=6,demo:L15R-32x=24 --tokens $(DEMO_CONTEXT_TOKENS) \
-		--none-ok --out $(DEMO_OUT)/threats
-	@echo "demo results: $(DEMO_OUT)/eval/eval.csv, $(DEMO_OUT)/compare/report.html, $(DEMO_OUT)/threats/neighborhood.html"
+		--contexts-dir $(DEMO_OUT)/contexts --none-ok --out $(DEMO_OUT)/threats --atlas ../atlas
+	@echo "demo results: $(DEMO_OUT)/eval/eval.csv, $(DEMO_OUT)/compare/report.html, $(DEMO_OUT)/atlas/index.html, $(DEMO_OUT)/threats/neighborhood.html"
 
 # The paper's data figures from the tables in FIGURES_DATA (docs/figures.md); PNG/SVG need a Chromium.
 figures: setup

@@ -4,7 +4,7 @@
 
 For each TopK SAE of the demo, from files `make demo` wrote: the firing counts on the held-out split
 (`out/demo/eval/frequencies_<SAE>.csv`) and the top contexts on the train split
-(`out/demo/threats/contexts/<SAE>`, one context per document, `n_top` documents kept per feature). A
+(`out/demo/contexts/<SAE>`, one context per document, `n_top` documents kept per feature). A
 feature that never fires on the held-out split but fires on training text in only one or two documents
 has learnt those documents, not a concept. Results: benchmarks/results/demo_dead_features.md.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sae.interp.contexts import folder_name  # noqa: E402
+from sae.formats.names import folder_name  # noqa: E402
 from sae.interp.store import TopContexts  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "demo_dead_features.md"
@@ -28,7 +28,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "demo_dead_features.md"
 
 def row(name: str, out: Path) -> dict:
     held = pd.read_csv(out / "eval" / f"frequencies_{name}.csv")["frequency"].to_numpy()
-    ctx = TopContexts.load(out / "threats" / "contexts" / folder_name(f"demo:{name}"))
+    ctx = TopContexts.load(out / "contexts" / folder_name(f"demo:{name}"))
     docs = (ctx.top.doc >= 0).sum(1)  # distinct train documents it fires in (at most n_top)
     silent = held == 0
     fires_train = ctx.counts > 0

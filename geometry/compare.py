@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", metavar="DIR", help="where the similarity pass is cached (default $SAE_CACHE/geometry)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the similarity cache")
     p.add_argument("--max-points", type=int, default=20000, help="points drawn in the report's scatter plot")
+    p.add_argument("--atlas", metavar="URL", help="the feature atlas's folder relative to --out (python -m "
+                   "geometry.atlas): a click on a point of the report's scatter plot opens that feature's page")
     p.add_argument("--quiet", action="store_true", help="print nothing")
     add_arguments(p.add_argument_group("comparison options"), Options)
     return p
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         result.write_json(args.json)
     if args.out:
-        result.write(args.out, max_points=args.max_points)
+        result.write(args.out, max_points=args.max_points, atlas=args.atlas)
     return 0
 
 

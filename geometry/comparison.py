@@ -47,8 +47,9 @@ class Comparison:
     def write_json(self, path: str | Path) -> Path:
         return write_json(path, self.summary)
 
-    def write(self, folder: str | Path, *, max_points: int = 20000) -> Path:
-        """CSV tables, summary.json and a self-contained report.html into `folder`."""
+    def write(self, folder: str | Path, *, max_points: int = 20000, atlas: str | None = None) -> Path:
+        """CSV tables, summary.json and a self-contained report.html into `folder` (`atlas`: the feature
+        atlas's folder relative to `folder`: the report's points link to its pages)."""
         folder = Path(folder)
         tables = {"features_a": self.features_a, "features_b": self.features_b, "families": self.families,
                   "edges": self.edges, "assignment": self.assignment, "agreement": self.agreement}
@@ -56,7 +57,7 @@ class Comparison:
             if df is not None:
                 write_text(folder / f"{name}.csv", df.to_csv(index=name == "agreement"))
         self.write_json(folder / "summary.json")
-        write_text(folder / "report.html", report_html(self, max_points=max_points))
+        write_text(folder / "report.html", report_html(self, max_points=max_points, atlas=atlas))
         return folder
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 import sae
-from sae.interp.contexts import folder_name
+from sae.formats.names import folder_name
 
 
 def label_lookup(labels: pd.DataFrame | None, features: np.ndarray, column: str = "label") -> np.ndarray:

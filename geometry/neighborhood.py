@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--none-ok", action="store_true", **of("none_ok"))
     p.add_argument("--tokens", type=int, **of("tokens"))
     p.add_argument("--contexts-dir", type=Path, **of("contexts_dir"))
+    p.add_argument("--n-random", type=int, **of("n_random"))
     p.add_argument("--no-labels", action="store_true", **of("no_labels"))
     p.add_argument("--model", **of("model"))
     p.add_argument("--dataset", **of("dataset"))
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-features", action="store_true", **of("all_features"))
     p.add_argument("--seed", type=int, **of("seed"))
     p.add_argument("--n-neighbors", type=int, **of("n_neighbors"))
+    p.add_argument("--atlas", **of("atlas"))
     p.add_argument("--quiet", action="store_true", **of("quiet"))
     return p
 

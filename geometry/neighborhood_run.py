@@ -20,7 +20,8 @@ from geometry.seeds import best_seeds, concept_seeds, find_seeds
 from sae import load as load_sae
 from sae.cli import check_options, option
 from sae.data.text import iter_texts
-from sae.interp.contexts import collect_contexts, folder_name
+from sae.formats.names import folder_name
+from sae.interp.contexts import collect_contexts
 from sae.interp.labels import label_features
 from sae.io import write_text
 
@@ -45,6 +46,8 @@ class NeighborhoodSettings:
     none_ok: bool = option(False, "no keyword match is a result, not an error: say so, keep seeds.csv and exit 0")
     tokens: int = option(100_000, "token budget for the top contexts (labels, keywords)", min=1)
     contexts_dir: Path | None = option(None, "where top contexts are kept and resumed (default OUT/contexts)")
+    n_random: int = option(20, "random activating contexts kept per feature (as python -m geometry.atlas keeps, so "
+                           "both can share --contexts-dir)", min=0)
     no_labels: bool = option(False, "skip contexts and labels (only with --seeds or --concept)")
     model: str = option("embedded", "the model the SAEs read")
     dataset: str = option("embedded-train", "corpus for the top contexts")
@@ -53,6 +56,8 @@ class NeighborhoodSettings:
                                 "contexts' tokens)")
     seed: int = option(0, "UMAP random state")
     n_neighbors: int = option(15, "UMAP n_neighbors (capped at members - 1)", min=2)
+    atlas: str | None = option(None, "the feature atlas's folder relative to OUT (python -m geometry.atlas): a click on "
+                               "a member opens its page")
     quiet: bool = option(False, "no progress bars, print nothing")
 
     def __post_init__(self):
@@ -93,7 +98,7 @@ def run_neighborhood(settings: NeighborhoodSettings) -> NeighborhoodRun:
     paths: list[Path] = []
     if not s.no_labels:
         where = s.contexts_dir or s.out / "contexts"
-        contexts = collect_contexts(saes, model=s.model, dataset=s.dataset, tokens=s.tokens,
+        contexts = collect_contexts(saes, model=s.model, dataset=s.dataset, tokens=s.tokens, n_random=s.n_random,
                                     out={n: where / folder_name(n) for n in names}, resume=True, progress=not s.quiet)
         for name in names:
             labels[name] = label_features(contexts[name])
@@ -118,5 +123,5 @@ def run_neighborhood(settings: NeighborhoodSettings) -> NeighborhoodRun:
     live = {n: contexts[n].counts > 0 for n in contexts} if contexts and not s.all_features else None
     nb = neighborhood(s.seed_sae, picked["feature"].tolist(), s.members, saes, labels=labels or None,
                       edge_cut=s.edge_cut, seed=s.seed, n_neighbors=s.n_neighbors, live=live)
-    folder = nb.write(s.out)
+    folder = nb.write(s.out, atlas=s.atlas)
     return NeighborhoodRun(nb, picked, hits, paths + [folder / name for name in FILES])

@@ -30,6 +30,7 @@ from geometry.directions import decoder_rows
 from geometry.labels import label_lookup
 from geometry.layout import umap_2d
 from geometry.options import GeometryError, Options
+from geometry.plot.links import OPEN_ON_CLICK
 from geometry.plot.maps import neighborhood_map
 from geometry.similarity import top_k_cosine
 from geometry.statistics import epsilon
@@ -48,16 +49,21 @@ class Neighborhood:
     edges: pd.DataFrame  # sae_a, feature_a, sae_b, feature_b, cos (members of different SAEs, cos >= edge_cut)
     summary: dict  # seeds, counts, min pairwise cos, epsilon per SAE, umap parameters, class references
 
-    def figure(self, *, title: str | None = None) -> go.Figure:
-        return neighborhood_map(self.members, self.edges, title=title or self.summary.get("title", "Neighbourhood"))
+    def figure(self, *, title: str | None = None, atlas: str | None = None) -> go.Figure:
+        return neighborhood_map(self.members, self.edges, title=title or self.summary.get("title", "Neighbourhood"),
+                                atlas=atlas)
 
-    def write(self, folder: str | Path) -> Path:
-        """The FILES (members.csv, edges.csv, summary.json, neighborhood.html with plotly.js inline) into `folder`."""
+    def write(self, folder: str | Path, *, atlas: str | None = None) -> Path:
+        """The FILES (members.csv, edges.csv, summary.json, neighborhood.html with plotly.js inline) into
+        `folder`; with `atlas` (the feature atlas's folder relative to `folder`) a click on a member opens
+        its atlas page."""
         folder = Path(folder)
         write_text(folder / "members.csv", self.members.to_csv(index=False))
         write_text(folder / "edges.csv", self.edges.to_csv(index=False))
         write_json(folder / "summary.json", self.summary)
-        write_text(folder / "neighborhood.html", self.figure().to_html(include_plotlyjs=True, full_html=True))
+        page = self.figure(atlas=atlas).to_html(include_plotlyjs=True, full_html=True,
+                                               post_script=OPEN_ON_CLICK if atlas else None)
+        write_text(folder / "neighborhood.html", page)
         return folder
 
 

@@ -115,6 +115,14 @@ CASES = [
     ("geometry.neighborhood", [*NB, "--out", "{tmp}/nb", "--edge-cut", "3"], "--edge-cut 3"),
     ("geometry.neighborhood", [*NB, "--out", "{tmp}/nb", "--n-seeds", "0"], "--n-seeds 0"),
     ("geometry.neighborhood", ["{tmp}/sae12", "--members", "{tmp}/sae12=many", "--seeds", "1", "--out", "{tmp}/nb"], "many"),
+    # geometry.atlas
+    ("geometry.atlas.cli", ["{tmp}/sae12", "--out", "{tmp}/a_file"], "is a file, not a folder"),
+    ("geometry.atlas.cli", ["{tmp}/sae12", "--out", "{tmp}/at", "--cut", "2"], "--cut 2"),
+    ("geometry.atlas.cli", ["{tmp}/sae12", "--out", "{tmp}/at", "--tokens", "0"], "--tokens 0"),
+    ("geometry.atlas.cli", ["{tmp}/missing", "--out", "{tmp}/at"], "missing"),
+    ("geometry.atlas.cli", ["{tmp}/sae12", "--out", "{tmp}/at", "--compare", "{tmp}/sae16"], "not a geometry.compare"),
+    ("geometry.atlas.cli", ["{tmp}/sae12", "--out", "{tmp}/at", "--link", "nourl"], "expected NAME=URL"),
+    ("geometry.atlas.cli", ["{tmp}/sae12", "{tmp}/sae12", "--out", "{tmp}/at"], "distinct names"),
     # geometry.figures
     ("geometry.plot.cli", ["--data", "{tmp}/no_tables", "--out", "{tmp}/fig"], "no_tables"),
     ("geometry.plot.cli", ["--data", "{tmp}", "--out", "{tmp}/a_file"], "is a file, not a folder"),

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from geometry.plot.links import feature_urls
+
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
@@ -65,10 +67,10 @@ def map_figure(points: pd.DataFrame, clusters: pd.DataFrame | None = None, *, an
 
 
 def neighborhood_map(members: pd.DataFrame, edges: pd.DataFrame, title: str = "Neighbourhood", *,
-                     text_chars: int = 28) -> go.Figure:
+                     text_chars: int = 28, atlas: str | None = None) -> go.Figure:
     """Fig. 7 from the tables alone: members (sae, feature, is_seed, cos_to_seed, label, x, y, class) as
     points coloured by SAE (seeds as stars), short labels beside them, everything on hover; edges as
-    grey lines."""
+    grey lines. `atlas`: the points carry their atlas pages' URLs (geometry.plot.links)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -91,6 +93,7 @@ def neighborhood_map(members: pd.DataFrame, edges: pd.DataFrame, title: str = "N
                  for f, s, lab, c, k in zip(d["feature"], d["is_seed"], label, d["cos_to_seed"], cls)]
         fig.add_trace(go.Scatter(
             x=d["x"], y=d["y"], mode="markers+text", name=f"{name} ({len(d)})", text=short, textposition="top center",
+            customdata=feature_urls(atlas, name, d["feature"]),
             textfont={"size": 9}, hovertext=hover, hoverinfo="text",
             marker={"color": colors[name], "size": np.where(d["is_seed"], 18, 10).tolist(),
                     "symbol": np.where(d["is_seed"], "star", "circle").tolist(), "line": {"width": 0.5, "color": "white"}}))

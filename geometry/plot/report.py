@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from geometry.novelty import CLASSES
+from geometry.plot.links import OPEN_ON_CLICK, feature_urls
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -76,8 +77,9 @@ def class_figure(cmp) -> go.Figure:
     return fig
 
 
-def scatter_figure(cmp, max_points: int = 20000) -> go.Figure:
-    """Best cosine against decomposition R^2 of (at most max_points) live B features, by class."""
+def scatter_figure(cmp, max_points: int = 20000, atlas: str | None = None) -> go.Figure:
+    """Best cosine against decomposition R^2 of (at most max_points) live B features, by class; with
+    `atlas` (the atlas folder, relative to the report) a click opens the B feature's atlas page."""
     import plotly.graph_objects as go
 
     fb = cmp.features_b[cmp.features_b["class"] != "dead"]
@@ -88,6 +90,7 @@ def scatter_figure(cmp, max_points: int = 20000) -> go.Figure:
         d = fb[fb["class"] == c]
         text = [f"B {f} &rarr; A {m}" for f, m in zip(d["feature"], d["best_match"])]
         fig.add_trace(go.Scattergl(x=d["best_cos"], y=d["r2"], mode="markers", name=c, text=text,
+                                   customdata=feature_urls(atlas, cmp.summary["b"]["name"], d["feature"]),
                                    marker={"size": 4, "color": _COLORS[c], "opacity": 0.6},
                                    hovertemplate="%{text}<br>best cos %{x:.3f}<br>R^2 %{y:.3f}<extra>" + c + "</extra>"))
     fig.update_layout(title=f"Best cosine vs R^2 of the non-negative decomposition ({len(fb)} B features)",
@@ -95,15 +98,18 @@ def scatter_figure(cmp, max_points: int = 20000) -> go.Figure:
     return fig
 
 
-def report_html(cmp, *, max_points: int = 20000) -> str:
-    """The page: the summary text and the four figures, plotly.js inline once."""
+def report_html(cmp, *, max_points: int = 20000, atlas: str | None = None) -> str:
+    """The page: the summary text and the four figures, plotly.js inline once; `atlas`: see scatter_figure."""
     s = cmp.summary
-    figs = [cdf_figure(cmp), class_figure(cmp), split_figure(cmp), scatter_figure(cmp, max_points)]
-    parts = [f.to_html(full_html=False, include_plotlyjs=i == 0) for i, f in enumerate(figs)]
+    figs = [cdf_figure(cmp), class_figure(cmp), split_figure(cmp), scatter_figure(cmp, max_points, atlas)]
+    parts = [f.to_html(full_html=False, include_plotlyjs=i == 0, post_script=OPEN_ON_CLICK if atlas and i == 3 else None)
+             for i, f in enumerate(figs)]
     title = f"{s['a']['name']} vs {s['b']['name']}"
+    hint = "<p>Click a point of the last plot to open that feature's atlas page.</p>" if atlas else ""
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}pre{background:#f6f6f6;padding:1em;"
         "white-space:pre-wrap}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><pre>{html.escape(cmp.text())}</pre>" + "".join(parts) + "</body></html>"
+        f"<h1>{html.escape(title)}</h1><pre>{html.escape(cmp.text())}</pre>" + "".join(parts[:3]) + hint + parts[3]
+        + "</body></html>"
     )

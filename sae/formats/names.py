@@ -68,6 +68,11 @@ class SAEName:
         return f"Llama3_1-8B-Base-L{self.layer}{self.position}-{self.expansion}x"
 
 
+def folder_name(spec: str) -> str:
+    """A folder (or URL path) name for an SAE spec: `demo:L15R-8x` -> `demo_L15R-8x`."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(spec).rstrip("/")) or "sae"
+
+
 def split_suite(spec: str) -> tuple[str | None, str]:
     """`demo:L15R-8x` -> ("demo", "L15R-8x"); a bare string -> (None, string)."""
     head, sep, tail = spec.partition(":")

@@ -2,6 +2,7 @@
 `documents`: the documents behind the activations; `store`: `TopContexts` and its file; `cli`: the command
 `python -m sae.contexts`) and labels from them (`labels`)."""
 
+from sae.formats.names import folder_name
 from sae.interp.cli import build_parser, main
 from sae.interp.collector import Collector, hash_keys
 from sae.interp.contexts import (
@@ -9,7 +10,6 @@ from sae.interp.contexts import (
     DEFAULT_WINDOW,
     collect_contexts,
     fingerprint,
-    folder_name,
     top_contexts,
 )
 from sae.interp.documents import Rows, document_rows, next_rows, ordered_documents

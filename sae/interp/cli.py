@@ -8,7 +8,8 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 from sae.cli import add_arguments, check_options, from_arguments, option
-from sae.interp.contexts import DEFAULT_TOKENS, DEFAULT_WINDOW, collect_contexts, folder_name
+from sae.formats.names import folder_name
+from sae.interp.contexts import DEFAULT_TOKENS, DEFAULT_WINDOW, collect_contexts
 from sae.interp.store import ContextsError
 from sae.io import check_writable
 

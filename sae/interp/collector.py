@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from sae.interp.documents import Rows
-from sae.interp.store import Slots, TopContexts
+from sae.interp.store import Slots, TopContexts, hist_bins
 from sae.model import SparseAutoencoder
 
 
@@ -26,7 +26,6 @@ def hash_keys(doc: np.ndarray, pos: np.ndarray, feature: np.ndarray, seed: int =
         for part in (doc, pos, feature):
             x = mix(x ^ np.asarray(part).astype(np.uint64))
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
 
 
 class Collector:
@@ -55,6 +54,9 @@ class Collector:
         t, f, v = self._active(x, tok)
         F = s.n_features
         s.counts += np.bincount(f, minlength=F)
+        if s.hist is not None:
+            nb = s.hist.shape[1]
+            s.hist += np.bincount(f * nb + hist_bins(v), minlength=F * nb).reshape(F, nb)
         ids = rows.ids[rows.tok_row[tok], rows.tok_pos[tok]]
         s.token_counts += np.bincount(ids, minlength=len(s.token_counts))[: len(s.token_counts)]
         s.tokens += int(rows.n_tokens[take].sum())

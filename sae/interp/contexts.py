@@ -37,6 +37,7 @@ documents behind the activations: `sae.interp.documents`; the command line: `sae
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from itertools import islice, tee
 from pathlib import Path
@@ -53,7 +54,7 @@ from sae.errors import ShapeError
 from sae.eval.resolve import resolve_saes, sae_sites
 from sae.interp.collector import Collector
 from sae.interp.documents import document_rows, next_rows, ordered_documents
-from sae.interp.store import SCHEMA, STATE_FILE, ContextsError, Slots, TopContexts
+from sae.interp.store import HIST_EDGES, HISTOGRAM, SCHEMA, STATE_FILE, ContextsError, Slots, TopContexts
 from sae.lm.models import load_model, model_name
 from sae.model import SparseAutoencoder
 
@@ -134,7 +135,8 @@ def collect_contexts(
     for name, s in resolved:
         settings = {"schema": SCHEMA, "sae": name, "fingerprint": fingerprint(s), "n_features": s.n_features,
                     "model": label, "dataset": describe_source(dataset), "context": stream.context,
-                    "n_top": n_top, "n_random": n_random, "window": [before, after], "seed": seed, "shuffle": shuffle}
+                    "n_top": n_top, "n_random": n_random, "window": [before, after], "seed": seed, "shuffle": shuffle,
+                    "histogram": HISTOGRAM}
         folder = Path(out[name]) if out and name in out else None
         state = _start_state(settings, vocab_size, folder, resume)
         collectors.append(Collector(name, s, hooks[name], state, folder))
@@ -153,15 +155,24 @@ def _start_state(settings: dict, vocab_size: int, folder: Path | None, resume: b
     _refuse_overwrite(folder, resume)
     if resume and folder is not None and (folder / STATE_FILE).is_file():
         state = TopContexts.load(folder)
+        if set(state.settings) < set(settings) and all(state.settings[k] == settings[k] for k in state.settings):
+            print(f"{folder} holds contexts of an older version (without {', '.join(sorted(set(settings) - set(state.settings)))}); "
+                  "collecting them anew (the old file stays until the first checkpoint)", file=sys.stderr)
+            return _empty_state(settings, vocab_size)
         if state.settings != settings:
             diff = sorted(k for k in settings if state.settings.get(k) != settings[k])
             raise ContextsError(f"{folder} holds contexts made with other settings ({', '.join(diff)}); "
                                 "use another folder or start anew without resume")
         return state
+    return _empty_state(settings, vocab_size)
+
+
+def _empty_state(settings: dict, vocab_size: int) -> TopContexts:
     F, (before, after) = settings["n_features"], settings["window"]
     width = before + after + 1
     return TopContexts(settings["sae"], settings, 0, 0, False, np.zeros(F, np.int64), np.zeros(vocab_size, np.int64),
-                       Slots.empty(F, settings["n_top"], width), Slots.empty(F, settings["n_random"], width), {}, {})
+                       Slots.empty(F, settings["n_top"], width), Slots.empty(F, settings["n_random"], width), {}, {},
+                       hist=np.zeros((F, len(HIST_EDGES) - 1), np.int64))
 
 
 def _run(collectors: list[Collector], stream: ActivationStream, tokenizer, dataset, budget: int, progress: bool,
@@ -271,9 +282,3 @@ def top_contexts(
                               resume=resume, progress=progress, context=context, batch_size=batch_size, seed=seed,
                               device=device, checkpoint_s=checkpoint_s)
     return result[name]
-
-
-def folder_name(spec: str) -> str:
-    """A folder name for an SAE spec: `demo:L15R-8x` -> `demo_L15R-8x`."""
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(spec).rstrip("/")) or "sae"
-

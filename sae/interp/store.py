@@ -25,6 +25,15 @@ if TYPE_CHECKING:
 SCHEMA = "sae.interp.contexts/1"
 STATE_FILE = "contexts.safetensors"
 MARK = ("«", "»")  # around a context's own token in `text`
+# the activation histogram's bins: half-octaves from 2^-10 to 2^12 (smaller values count in the first
+# bin, larger in the last); fixed, so histograms of a streamed pass add up and compare across features
+HIST_EDGES = 2.0 ** (np.arange(-20, 25) / 2)
+HISTOGRAM = "log2/2:-10..12"  # recorded in the settings: states without it come from an older version
+
+
+def hist_bins(values: np.ndarray) -> np.ndarray:
+    """The histogram bin (0 .. len(HIST_EDGES) - 2) of every activation value."""
+    return (np.searchsorted(HIST_EDGES, values, side="right") - 1).clip(0, len(HIST_EDGES) - 2)
 
 
 class ContextsError(SAEError, ValueError):
@@ -96,6 +105,7 @@ class TopContexts:
     titles: dict[int, str]  # document index -> title, for the documents referenced
     vocab: dict[int, str]  # token id -> its text, for the ids in the windows
     token_bytes: dict[int, str] = field(default_factory=dict)  # token id -> its bytes (hex), where its text has U+FFFD
+    hist: np.ndarray | None = None  # [F, len(HIST_EDGES) - 1] int64 firings per activation bin (None: older file)
 
     @property
     def n_features(self) -> int:
@@ -163,6 +173,8 @@ class TopContexts:
 
         folder = Path(folder)
         tensors = {"counts": self.counts, "token_counts": self.token_counts}
+        if self.hist is not None:
+            tensors["hist"] = self.hist
         for kind, slots in (("top", self.top), ("random", self.random)):
             tensors.update({f"{kind}.{name}": getattr(slots, name) for name in Slots.FIELDS})
         meta = {"settings": self.settings, "progress": self.progress(),
@@ -202,4 +214,4 @@ class TopContexts:
         return cls(meta["settings"]["sae"], meta["settings"], int(p["tokens"]), int(p["docs"]), bool(p["complete"]),
                    t["counts"], t["token_counts"], slots["top"], slots["random"],
                    {int(k): v for k, v in meta["titles"].items()}, {int(k): v for k, v in meta["vocab"].items()},
-                   {int(k): v for k, v in meta.get("token_bytes", {}).items()})  # absent in older files
+                   {int(k): v for k, v in meta.get("token_bytes", {}).items()}, t.get("hist"))  # absent in older files

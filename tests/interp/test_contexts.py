@@ -79,6 +79,11 @@ def test_streamed_contexts_equal_brute_force(tiny_llama, activation, n_random):
     np.testing.assert_array_equal(ctx.counts, ref["counts"])
     fired = np.flatnonzero(ref["counts"])
     assert len(fired) > sae.n_features // 2  # the case is not trivial
+    values = np.concatenate([a[o] for _, a, o in per_doc])  # [tokens, F] every ordinary token's activations
+    for f in range(sae.n_features):  # half-octave bins 2^-10 .. 2^12, the ends open
+        v = values[:, f][values[:, f] > 0]
+        expected = np.bincount(np.clip(np.floor(2 * np.log2(v)).astype(int) + 20, 0, 43), minlength=44)
+        np.testing.assert_array_equal(ctx.hist[f], expected, err_msg=f"feature {f}")
     table = ctx.table()
     for f in range(sae.n_features):
         top = table[(table.feature == f) & (table.kind == "top")]
@@ -112,11 +117,18 @@ def test_budget_resume_and_files(tiny_llama, tmp_path):
             np.testing.assert_array_equal(getattr(got.random, name), getattr(full.random, name))
         np.testing.assert_allclose(got.top.score, full.top.score, rtol=1e-5)
         np.testing.assert_array_equal(got.counts, full.counts)
+        np.testing.assert_array_equal(got.hist, full.hist)
         np.testing.assert_array_equal(got.token_counts, full.token_counts)
     assert loaded.table(range(5))[["doc", "position", "text"]].equals(full.table(range(5))[["doc", "position", "text"]])
     assert (tmp_path / "c" / "firing.csv").is_file() and (tmp_path / "c" / "contexts.json").is_file()
     with pytest.raises(ContextsError, match="other settings"):
         top_contexts(sae, tokens=10**6, out=tmp_path / "c", resume=True, **{**kw, "n_top": 4})
+    older = TopContexts.load(tmp_path / "c")  # as an older version saved it: no histogram
+    del older.settings["histogram"]
+    older.hist = None
+    older.save(tmp_path / "old")
+    upgraded = top_contexts(sae, tokens=10**6, out=tmp_path / "old", resume=True, **kw)
+    np.testing.assert_array_equal(upgraded.hist, full.hist)
     (tmp_path / "c" / "contexts.safetensors").write_bytes(b"\x00" * 40)
     with pytest.raises(SAEFileError, match="corrupt"):
         TopContexts.load(tmp_path / "c")
