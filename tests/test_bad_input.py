@@ -110,6 +110,9 @@ CASES = [
     ("geometry.clusters", ["{tmp}/sae12", "--out", "{tmp}/a_file"], "is a file, not a folder"),
     ("geometry.clusters", ["{tmp}/sae12", "--out", "{tmp}/cl", "--method", "kmeans"], "invalid choice: 'kmeans'"),
     ("geometry.clusters", ["{tmp}/sae12", "--out", "{tmp}/cl", "--labels-dir", "{tmp}/nolabels"], "nolabels"),
+    ("geometry.clusters", ["{tmp}/sae12", "--out", "{tmp}/cl", "--n-neighbors", "0"], "--n-neighbors 0: must be >= 2"),
+    ("geometry.clusters", ["{tmp}/sae12", "--out", "{tmp}/cl", "--min-dist", "5"], "--min-dist 5"),
+    ("geometry.clusters", ["{tmp}/sae12", "--out", "{tmp}/cl", "--resolution", "-1"], "--resolution -1: must be > 0"),
     # geometry.neighborhood
     ("geometry.neighborhood", [*NB, "--out", "{tmp}/a_file"], "is a file, not a folder"),
     ("geometry.neighborhood", [*NB, "--out", "{tmp}/nb", "--edge-cut", "3"], "--edge-cut 3"),

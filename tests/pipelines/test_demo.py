@@ -39,6 +39,11 @@ def test_make_demo_end_to_end(tiny_demo):
     assert (summary["a"]["n_features"], summary["b"]["n_features"]) == (4608, 18432)
     assert (out / "compare" / "report.html").stat().st_size > 100_000
     assert str(out / "eval" / "eval.csv") in stdout
+    atlas = out / "atlas"  # the feature atlas of the real model's three SAEs, linked from the compare report
+    assert (atlas / "index.html").is_file() and len(list((atlas / "demo_L15R-32x" / "data").glob("features-*.js"))) == 72
+    index = (atlas / "demo_L15R-8x" / "data" / "index.js").read_text()
+    assert '"best in L15R-32x"' in index and '"class vs L15R-32x"' in index and '"best in L15R-8x-Vanilla"' in index
+    assert "..\\u002fatlas\\u002fdemo_L15R-32x\\u002ffeature.html#" in (out / "compare" / "report.html").read_text()
     assert (out / "threats" / "seeds.csv").is_file()  # the keyword search ran; a tiny budget may find nothing
     if (out / "threats" / "members.csv").is_file():
         members = pd.read_csv(out / "threats" / "members.csv")
