@@ -7,7 +7,7 @@ documented in docs/compare.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,8 @@ import torch
 
 import sae
 from geometry import matching, novelty
+from geometry.agreement import DENSE_LIMIT
+from geometry.agreement import agreement as one_to_one
 from geometry.inputs import Side, load_array, make_side, named
 from geometry.options import GeometryError, Options
 from geometry.plot.report import report_html
@@ -96,10 +98,10 @@ def compare(
         freq_a = functional["freq_a"] if freq_a is None else freq_a
         freq_b = functional["freq_b"] if freq_b is None else freq_b
         t.lap("functional")
-        A, B = make_side(a, name_a, freq_a, opts), make_side(b, name_b, freq_b, opts)
+        (A, oa), (B, ob) = _sides(a, name_a, freq_a, opts), _sides(b, name_b, freq_b, opts)
     else:  # one loaded SAE in memory at a time: only its unit rows are kept
-        A = make_side(*named(a, "A"), freq_a, opts)
-        B = make_side(*named(b, "B"), freq_b, opts)
+        A, oa = _sides(*named(a, "A"), freq_a, opts)
+        B, ob = _sides(*named(b, "B"), freq_b, opts)
     if A.d != B.d:
         raise sae.ShapeError(f"{A.name} has d={A.d} but {B.name} has d={B.d}: only SAEs of one width compare")
     del a, b
@@ -125,6 +127,13 @@ def compare(
     cls = novelty.classify(best_b, mnn, dec, opts)
     t.lap("decomposition")
     ma, mb, mc = matching.assignment(ea, eb, ec, n_a, n_b, opts.assign_tau)
+    shared = {opts.rows: one_to_one(A.dirs, B.dirs, opts.assign_tau, nb).as_dict()}
+    if oa is not None and ob is not None:  # two SAEs: their other rows too (encoder when comparing decoders)
+        big = len(oa.live) * len(ob.live) > DENSE_LIMIT
+        other_nb = top_k_cosine(oa.dirs, ob.dirs, opts.k, normalised=True, cache=cache, **sim) if big else None
+        shared["encoder" if opts.rows == "decoder" else "decoder"] = one_to_one(oa.dirs, ob.dirs, opts.assign_tau,
+                                                                                 other_nb).as_dict()
+    del oa, ob
     t.lap("assignment")
 
     # ---- tables, in feature ids ----
@@ -157,6 +166,7 @@ def compare(
         "mutual_nn": int(mnn.sum()),
         "assignment": {"tau": opts.assign_tau, "matched": len(mc), "matched_fraction_a": len(mc) / n_a,
                        "matched_fraction_b": len(mc) / n_b, "mean_cos": float(mc.mean()) if len(mc) else None},
+        "shared": shared,
         "saturated": {"a": matching.saturated(nb.a_to_b.values, opts.cut), "b": matching.saturated(nb.b_to_a.values, opts.cut)},
         "similarity": {"k": opts.k, "precision": precision, "device": str(device), "cached": nb.cached, "key": nb.key},
     }
@@ -170,6 +180,14 @@ def compare(
                                  "agreement": {r: agreement.loc[r].to_dict() for r in agreement.index}}
     summary["timings_s"] = t.done()
     return Comparison(summary, fa, fb, fam, edges, assign, base, agreement)
+
+
+def _sides(x, name: str, freq, opts: Options) -> tuple[Side, Side | None]:
+    """The Side of `x` as `opts.rows` says, and, for an SAE, the Side of its other rows (None for a matrix)."""
+    side = make_side(x, name, freq, opts)
+    if not isinstance(x, sae.SparseAutoencoder) or opts.shared == "compared":
+        return side, None
+    return side, make_side(x, name, freq, replace(opts, rows="encoder" if opts.rows == "decoder" else "decoder"))
 
 
 def _frame(side: Side, *, best, ids_other, mnn, n_children, family, fam, matched) -> pd.DataFrame:

@@ -28,6 +28,9 @@ class Options:
     dead_freq: float = option(0.0, "features firing at most this often are dead (when frequencies are known)", min=0, max=1)
     rows: str = option("decoder", "compare 'decoder' rows (feature directions) or 'encoder' rows",
                        choices=("decoder", "encoder"))
+    shared: str = option("both", "rows whose one-to-one agreement (shared fraction, PW-MCC) is reported: both "
+                         "(decoder and encoder) or compared (the --rows only; above 10^8 pairs the other rows cost "
+                         "one more similarity pass)", choices=("both", "compared"))
     seed: int = option(0, "seed of the random baseline")
 
     def __post_init__(self):

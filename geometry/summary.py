@@ -33,6 +33,10 @@ def summary_text(s: dict) -> str:
     mean = f"{asg['mean_cos']:.3f}" if asg["mean_cos"] is not None else "-"
     lines.append(f"one-to-one (cos > {asg['tau']}): {asg['matched']} pairs, {100 * asg['matched_fraction_a']:.1f}% of A, "
                  f"{100 * asg['matched_fraction_b']:.1f}% of B, mean cos {mean}")
+    for rows, g in s.get("shared", {}).items():
+        bound = "" if g["exact"] else f" (candidate graph: a lower bound; at most {g['pw_mcc_upper']:.3f})"
+        lines.append(f"shared ({rows} rows, optimal one-to-one matching of the smaller side's {g['n_rows']} live rows): "
+                     f"{100 * g['fraction']:.1f}% at cos >= {g['tau']}, PW-MCC {g['pw_mcc']:.3f}{bound}")
     if s["saturated"]["a"] or s["saturated"]["b"]:
         lines.append(f"note: {s['saturated']['a']} A / {s['saturated']['b']} B features have >= k neighbours above "
                      f"the cut; raise --k to see all their edges")
