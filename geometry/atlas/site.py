@@ -51,7 +51,7 @@ def write_site(out: Path, saes: list[SiteSAE], extras: dict[str, str] | None = N
     written = [save(out / "assets" / name, (ASSETS / name).read_text(encoding="utf-8")) for name in ASSET_FILES]
     written.append(save(out / "index.html", front_page(saes, extras or {})))
     for sae in saes:
-        written += write_sae(out / sae.slug, sae, shard_size, progress, workers or os.cpu_count() or 1)
+        written += write_sae(out / sae.slug, sae, shard_size, progress, workers or os.cpu_count() or 1, extras)
     return written
 
 
@@ -67,14 +67,15 @@ def check_slugs(saes: list[SiteSAE]) -> None:
         seen.add(sae.slug)
 
 
-def write_sae(folder: Path, sae: SiteSAE, shard_size: int, progress: bool, workers: int = 1) -> list[Path]:
-    """One SAE's pages, its index table and its shards of feature records."""
+def write_sae(folder: Path, sae: SiteSAE, shard_size: int, progress: bool, workers: int = 1,
+              extras: dict[str, str] | None = None) -> list[Path]:
+    """One SAE's pages (its index with the `extras` links), its index table and its shards of feature records."""
     if len(sae.rows) != sae.n_features:
         raise FormatError(f"the SAE {sae.name!r} has {sae.n_features} features but {len(sae.rows)} index rows")
     index = {"name": sae.name, "slug": sae.slug, "description": sae.description, "n_features": sae.n_features,
              "shard_size": shard_size, "meta": compact(sae.meta), "columns": sae.columns,
              "rows": compact(sae.rows)}
-    written = [save(folder / "index.html", index_page(sae)),
+    written = [save(folder / "index.html", index_page(sae, extras or {})),
                save(folder / "feature.html", feature_page(sae, shard_size)),
                save(folder / "data" / "index.js", js_call("atlasIndex", index))]
     starts = list(range(0, sae.n_features, shard_size))
@@ -263,9 +264,11 @@ def crumbs(sae: SiteSAE, here: str) -> str:
             f"{html.escape(sae.name)}</a>{here}</nav>")
 
 
-def index_page(sae: SiteSAE) -> str:
-    """The shell of an SAE's feature table; atlas.js draws it from data/index.js."""
-    content = f'{crumbs(sae, "")}\n<main id="app"><p class="muted">Loading {sae.n_features:,} features…</p></main>'
+def index_page(sae: SiteSAE, extras: dict[str, str]) -> str:
+    """The shell of an SAE's feature table (with the `extras` links); atlas.js draws it from data/index.js."""
+    links = " · ".join(f'<a href="../{html.escape(url)}">{html.escape(text)}</a>' for text, url in extras.items())
+    content = (f'{crumbs(sae, "")}\n' + (f'<p class="muted extras-line">{links}</p>\n' if links else "")
+               + f'<main id="app"><p class="muted">Loading {sae.n_features:,} features…</p></main>')
     return shell(f"{sae.name}: features", "../", {"page": "index"}, content, ["data/index.js"])
 
 
