@@ -146,11 +146,16 @@ def by_token_position(positions: pd.DataFrame, *, saes: Sequence[str] | None = N
     if saes is not None:
         df = nonempty(df[df["sae"].isin([str(s) for s in saes])], what, f"for SAEs {list(saes)}")
     df = df.sort_values(["layer", "sae"], kind="stable")
-    df = df.assign(x=(df["bucket_start"] + df["bucket_end"] - 1) / 2,
+    # "L3R-8x-Vanilla": colour by site (L3R), dash by kind (8x-Vanilla); other names are their own site.
+    parts = df["sae"].astype(str).str.extract(r"^(L\d+[A-Z]+)-(.+)$")
+    site, kind = parts[0].fillna(df["sae"].astype(str)), parts[1].fillna("")
+    df = df.assign(x=(df["bucket_start"] + df["bucket_end"] - 1) / 2, site=site, kind=kind,
                    hover=[f"positions {a:.0f}-{b - 1:.0f}, {t:,.0f} tokens"
                           for a, b, t in zip(df["bucket_start"], df["bucket_end"], df["tokens"])])
-    fig = line_rows(df, "x", "token position (bucket middle)", (("mse", "MSE"), ("l0", "L0")), "sae", hover="hover")
+    fig = line_rows(df, "x", "token position (bucket middle)", (("mse", "MSE (log)"), ("l0", "L0")), "site", "kind",
+                    lambda s, k: f"{s} {k}".strip(), hover="hover")
     fig.update_xaxes(type="log")
+    fig.update_yaxes(type="log", row=1, col=1)
     fig.update_layout(title=f"Reconstruction error and L0 along the context ({condition_title(df)})",
                       height=600, legend_title_text="SAE")
     return fig

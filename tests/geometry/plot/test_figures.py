@@ -235,15 +235,20 @@ def test_fig5_mse_and_l0_by_position_bucket():
     pos = synthetic_positions()
     fig = F.by_token_position(pos)
     assert fig.layout.xaxis.type == fig.layout.xaxis2.type == "log" and "token position" in fig.layout.xaxis2.title.text
-    assert fig.layout.yaxis.title.text == "MSE" and fig.layout.yaxis2.title.text == "L0"
+    assert fig.layout.yaxis.title.text == "MSE (log)" and fig.layout.yaxis.type == "log"
+    assert fig.layout.yaxis2.title.text == "L0"
     for label in ("L7R-8x", "L15R-8x"):
         g = pos[pos["sae"] == label]
-        mse, l0 = fig.select_traces(selector={"name": label})
+        mse, l0 = fig.select_traces(selector={"name": label.replace("-", " ", 1)})
         np.testing.assert_allclose(mse.x, (g["bucket_start"] + g["bucket_end"] - 1) / 2)
         np.testing.assert_allclose(mse.y, g["mse"])
         np.testing.assert_allclose(l0.y, g["l0"])
+    (a,), (b,) = (fig.select_traces(selector={"name": n}, row=1) for n in ("L7R 8x", "L15R 8x"))
+    assert a.line.color != b.line.color and a.line.dash == b.line.dash  # colour: site, dash: kind
     fig = F.by_token_position(pos, saes=["L15R-8x"])
-    assert {t.name for t in fig.data} == {"L15R-8x"}
+    assert {t.name for t in fig.data} == {"L15R 8x"}
+    other = pos.assign(sae=pos["sae"].map({"L7R-8x": "runs/mine", "L15R-8x": "L15R-8x-Vanilla"}))
+    assert {t.name for t in F.by_token_position(other).data} == {"runs/mine", "L15R 8x-Vanilla"}
 
 
 def test_fig6_by_model_and_by_dataset():
