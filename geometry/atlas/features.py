@@ -111,6 +111,24 @@ class TokenTexts:
         self.bytes = {i: bytes.fromhex(h) for i, h in ctx.token_bytes.items()}
 
 
+def display_windows(tt: TokenTexts, ids: np.ndarray, acts: np.ndarray, centre: int) -> list[tuple[list[str], list[float], int]]:
+    """`display_tokens` of every row of ids [R, W] and acts [R, W], in one numpy pass over the rows: a row
+    without byte pieces only drops its pads; the others are merged by `display_tokens`."""
+    keep = ids >= 0
+    slow = (tt.piece[np.where(keep, ids, 0)] & keep).any(1).tolist()
+    padded = (~keep).any(1).tolist()
+    centres = keep[:, :centre].sum(1).tolist()
+    text, out = tt.text, []
+    for r, (row, values) in enumerate(zip(ids.tolist(), acts.tolist())):
+        if slow[r]:
+            out.append(display_tokens(tt, ids[r], acts[r], centre))
+        elif padded[r]:
+            out.append(([text[i] for i in row if i >= 0], [a for i, a in zip(row, values) if i >= 0], centres[r]))
+        else:
+            out.append((list(map(text.__getitem__, row)), values, centre))
+    return out
+
+
 def display_tokens(tt: TokenTexts, ids: np.ndarray, acts: np.ndarray, centre: int) -> tuple[list[str], list[float], int]:
     """A context window (ids [W], -1 = pad; acts [W]) as texts to show: pads dropped, and the byte pieces of
     one character (byte-level BPE) merged into that character, with the largest activation of its pieces.

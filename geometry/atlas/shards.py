@@ -9,15 +9,15 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from geometry.atlas.features import CrossLinks, LogitLens, TokenTexts, display_tokens, quantile_bins
+from geometry.atlas.features import CrossLinks, LogitLens, TokenTexts, display_windows, quantile_bins
 from sae.interp.store import HIST_EDGES, TopContexts
 
 
-def _context(ctx: TopContexts, tt: TokenTexts, slots, f: int, rank: int) -> dict:
-    texts, acts, centre = display_tokens(tt, slots.tokens[f, rank], slots.acts[f, rank], ctx.window[0])
-    doc = int(slots.doc[f, rank])
-    return {"tokens": texts, "acts": acts, "centre": centre, "title": ctx.titles.get(doc, ""),
-            "value": float(slots.value[f, rank])}
+def _contexts(ctx: TopContexts, tt: TokenTexts, slots, f: int, ranks: np.ndarray) -> list[dict]:
+    """The context windows of feature f at `ranks` of `slots` (ctx.top or ctx.random), as record dicts."""
+    windows = display_windows(tt, slots.tokens[f, ranks], slots.acts[f, ranks], ctx.window[0])
+    return [{"tokens": texts, "acts": acts, "centre": centre, "title": ctx.titles.get(doc, ""), "value": value}
+            for (texts, acts, centre), doc, value in zip(windows, slots.doc[f, ranks].tolist(), slots.value[f, ranks].tolist())]
 
 
 def _samples(ctx: TopContexts, tt: TokenTexts, f: int) -> list[dict]:
@@ -31,8 +31,7 @@ def _samples(ctx: TopContexts, tt: TokenTexts, f: int) -> list[dict]:
     for i, (lo, hi, share) in enumerate(bins):
         inside = (values >= lo) & ((values < hi) | (i == len(bins) - 1))
         ranks = kept[inside][np.argsort(-values[inside], kind="stable")]
-        out.append({"lo": lo, "hi": hi, "share": share,
-                    "contexts": [_context(ctx, tt, ctx.random, f, int(r)) for r in ranks]})
+        out.append({"lo": lo, "hi": hi, "share": share, "contexts": _contexts(ctx, tt, ctx.random, f, ranks)})
     return out
 
 
@@ -60,7 +59,7 @@ def feature_records(ctx: TopContexts, labels: pd.Series, lens: LogitLens, neares
             "id": int(f), "label": str(labels.iloc[f]) if isinstance(labels.iloc[f], str) else "",
             "count": int(ctx.counts[f]), "frequency": float(ctx.counts[f] / max(ctx.tokens, 1)),
             "max": float(ctx.top.value[f, 0]) if ctx.top.doc.shape[1] and ctx.top.doc[f, 0] >= 0 else 0.0,
-            "top": [_context(ctx, tt, ctx.top, f, int(r)) for r in np.flatnonzero(ctx.top.doc[f] >= 0)],
+            "top": _contexts(ctx, tt, ctx.top, f, np.flatnonzero(ctx.top.doc[f] >= 0)),
             "samples": _samples(ctx, tt, f), "hist": _hist(ctx, f),
             "logits": {"top": [[vocab[i], v] for i, v in zip(lens.top_ids[f], lens.top_values[f].tolist())],
                        "bottom": [[vocab[i], v] for i, v in zip(lens.bottom_ids[f], lens.bottom_values[f].tolist())]},

@@ -8,7 +8,7 @@
 Browsers refuse fetch() of local files, so data files are scripts handing their data to a global function
 of atlas.js: `atlasIndex({...})` (plain JSON) and `atlasShard(k, "...")`. Shard k holds the records of ids
 k * shard_size .. (k + 1) * shard_size - 1 as base64 of gzip'd JSON (`shard_payload`; `read_shard` reads it
-back), which atlas.js inflates with the browser's DecompressionStream: 2.4 kB per feature with 25 contexts
+back), which atlas.js inflates with the browser's DecompressionStream: 3 kB per feature with 25 contexts
 of 33 tokens, where plain JSON takes 11 kB (over 300 MB for the demo's 27,648 features).
 """
 
@@ -19,16 +19,15 @@ import gzip
 import html
 import json
 import math
-import multiprocessing as mp
 import os
 import re
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from geometry.atlas.forked import forked_map
 from geometry.atlas.records import Record, SiteSAE
 from sae.errors import FormatError
 from sae.io import atomic_path, check_writable
@@ -79,24 +78,9 @@ def write_sae(folder: Path, sae: SiteSAE, shard_size: int, progress: bool, worke
                save(folder / "feature.html", feature_page(sae, shard_size)),
                save(folder / "data" / "index.js", js_call("atlasIndex", index))]
     starts = list(range(0, sae.n_features, shard_size))
-    workers = min(workers, len(starts))
-    if workers > 1 and "fork" in mp.get_all_start_methods():  # forked workers share the SAE's arrays
-        global _SHARDS
-        _SHARDS = (folder, sae, shard_size)
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            shards = pool.map(_forked_shard, starts)
-            written += list(_progress(shards, progress, sae, len(starts)))
-        _SHARDS = None
-    else:
-        written += [write_shard(folder, sae, shard_size, start) for start in _progress(starts, progress, sae, len(starts))]
+    with forked_map(lambda start: write_shard(folder, sae, shard_size, start), starts, workers) as shards:
+        written += list(_progress(shards, progress, sae, len(starts)))
     return written
-
-
-_SHARDS: tuple[Path, SiteSAE, int] | None = None  # what forked workers of write_sae write
-
-
-def _forked_shard(start: int) -> Path:
-    return write_shard(*_SHARDS, start)
 
 
 def _progress(items: Iterable, progress: bool, sae: SiteSAE, total: int) -> Iterable:
@@ -126,10 +110,13 @@ def shard_payload(records: Iterable[Record]) -> str:
     strings, tokens, acts = StringTable(), [], []
 
     def context(c: dict[str, Any]) -> dict[str, Any]:
-        tokens.append([strings[t] for t in c["tokens"]])
+        tokens.append(list(map(strings.__getitem__, c["tokens"])))
         acts.append(c["acts"])  # rounded below, all at once
-        rest = {k: v for k, v in c.items() if k not in ("tokens", "acts", "title")}
-        return {"window": len(tokens) - 1, "title": strings[c.get("title") or ""], **compact(rest)}
+        out = {"window": len(tokens) - 1, "title": strings[c.get("title") or ""]}
+        for k, v in c.items():
+            if k not in ("tokens", "acts", "title"):
+                out[k] = rounded(v) if type(v) is float else compact(v)
+        return out
 
     out = []
     for r in records:
@@ -142,7 +129,7 @@ def shard_payload(records: Iterable[Record]) -> str:
     acts = [flat[start:end] for start, end in zip([0, *ends[:-1]], ends)]
     data = json.dumps({"strings": list(strings), "tokens": tokens, "acts": acts, "records": out},
                       separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return base64.b64encode(gzip.compress(data.encode("utf-8"), compresslevel=6, mtime=0)).decode("ascii")
+    return base64.b64encode(gzip.compress(data.encode("utf-8"), compresslevel=3, mtime=0)).decode("ascii")
 
 
 class StringTable(dict):
@@ -172,7 +159,7 @@ def rounded(x: Any) -> float | int | None:
     if not x:
         return 0
     x = float(x)
-    return float(f"{x:.{DIGITS}g}") if math.isfinite(x) else None
+    return round(x, DIGITS - 1 - math.floor(math.log10(abs(x)))) if math.isfinite(x) else None
 
 
 def rounded_all(values: Any) -> list[float | int | None]:
@@ -200,6 +187,10 @@ def compact(x: Any) -> Any:
     if kind is float:
         return rounded(x)
     if kind is list or kind is tuple:
+        if all(type(v) is float for v in x):  # a row of numbers (edges, shares): no recursion
+            return [rounded(v) for v in x]
+        if all(type(v) is list and len(v) == 2 and type(v[1]) is float and type(v[0]) in (int, str) for v in x):
+            return [[v[0], rounded(v[1])] for v in x]  # (id or token, value) pairs: cosines, logits
         return [compact(v) for v in x]
     if kind is dict:
         return {str(k): compact(v) for k, v in x.items()}

@@ -13,6 +13,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from geometry.atlas.records import SiteSAE, example_saes
@@ -326,3 +327,15 @@ def test_forked_workers_write_the_same_files(tmp_path):
     one, two = (write_site(tmp_path / str(n), saes, shard_size=16, workers=n) for n in (1, 2))
     assert [p.relative_to(tmp_path / "1") for p in one] == [p.relative_to(tmp_path / "2") for p in two]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, two))
+
+
+def test_rounding_keeps_three_significant_digits_like_the_format():
+    from geometry.atlas.site import rounded, rounded_all
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=5000) * 10.0 ** rng.integers(-8, 8, 5000),
+                        [0.9995, 0.99949, 999.5, 1000.0, 0.001, -2.5e-5, 123456789.0]])
+    want = [float(f"{v:.3g}") for v in x]  # the decimal formatting, independently
+    assert [rounded(v) for v in x] == want
+    np.testing.assert_allclose(rounded_all(x), want, rtol=1e-12)
+    assert rounded(0.0) == 0 and rounded(float("nan")) is None and rounded_all([float("inf"), 0.0]) == [None, 0]
