@@ -9,11 +9,12 @@ DEMO_OUT ?= out/demo
 DEMO_ARGS ?=
 DEMO_CONTEXT_TOKENS ?= 100000
 DEMO_KEYWORDS ?= war,pandemic,famine,plague,climate,crisis,disaster,nuclear
+DEMO_SEEDS ?= 4
 FIGURES_DATA ?= figures/data
 FIGURES_OUT ?= figures
 FIGURES_FORMAT ?= html,png,svg
 
-.PHONY: setup test demo figures docs clean-venv
+.PHONY: setup test demo ladder figures docs clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,10 +38,25 @@ demo: setup
 	$(BIN)/python -m geometry.atlas demo:L15R-8x demo:L15R-32x demo:L15R-8x-Vanilla --compare $(DEMO_OUT)/compare \
 		--tokens $(DEMO_CONTEXT_TOKENS) --contexts-dir $(DEMO_OUT)/contexts --out $(DEMO_OUT)/atlas \
 		--link "compare report: 8x vs 32x=../compare/report.html" --link "threats neighbourhood=../threats/neighborhood.html"
-	$(BIN)/python -m geometry.neighborhood demo:L15R-8x --keywords $(DEMO_KEYWORDS) \
+	$(BIN)/python -m geometry.neighborhood demo:L15R-8x --keywords $(DEMO_KEYWORDS) --n-seeds $(DEMO_SEEDS) \
 		--members demo:L15R-8x-Vanilla=6,demo:L15R-8x=6,demo:L15R-32x=24 --tokens $(DEMO_CONTEXT_TOKENS) \
 		--contexts-dir $(DEMO_OUT)/contexts --none-ok --out $(DEMO_OUT)/threats --atlas ../atlas
 	@echo "demo results: $(DEMO_OUT)/eval/eval.csv, $(DEMO_OUT)/compare/report.html, $(DEMO_OUT)/atlas/index.html, $(DEMO_OUT)/threats/neighborhood.html"
+
+# The width ladder and a second seed beside the demo suite (docs/demo.md#the-ladder-and-a-second-seed):
+# trains demo:L15R-16x and demo:L15R-8x-s1 from the cached capture, then compares seed to seed and rung to rung.
+ladder: setup
+	$(BIN)/python -m sae.demo --ladder --out $(DEMO_OUT) $(DEMO_ARGS)
+	$(BIN)/python -m geometry.compare demo:L15R-8x demo:L15R-8x-s1 --out $(DEMO_OUT)/seeds \
+		--freq-a $(DEMO_OUT)/eval/frequencies_L15R-8x.csv --freq-b $(DEMO_OUT)/eval-ladder/frequencies_L15R-8x-s1.csv \
+		--json $(DEMO_OUT)/seeds/summary.json
+	$(BIN)/python -m geometry.compare demo:L15R-8x demo:L15R-16x --out $(DEMO_OUT)/ladder/8x-16x \
+		--freq-a $(DEMO_OUT)/eval/frequencies_L15R-8x.csv --freq-b $(DEMO_OUT)/eval-ladder/frequencies_L15R-16x.csv \
+		--json $(DEMO_OUT)/ladder/8x-16x/summary.json
+	$(BIN)/python -m geometry.compare demo:L15R-16x demo:L15R-32x --out $(DEMO_OUT)/ladder/16x-32x \
+		--freq-a $(DEMO_OUT)/eval-ladder/frequencies_L15R-16x.csv --freq-b $(DEMO_OUT)/eval/frequencies_L15R-32x.csv \
+		--json $(DEMO_OUT)/ladder/16x-32x/summary.json
+	@echo "ladder results: $(DEMO_OUT)/eval-ladder/eval.csv, $(DEMO_OUT)/seeds/report.html, $(DEMO_OUT)/ladder/*/report.html"
 
 # The paper's data figures from the tables in FIGURES_DATA (docs/figures.md); PNG/SVG need a Chromium.
 figures: setup

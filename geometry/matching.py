@@ -1,4 +1,5 @@
-"""Parents, children, families and one-to-one assignment, all read off the top-k neighbour lists.
+"""Parents, children, families and one-to-one assignment, all read off the top-k neighbour lists
+(`pair_links`: each feature's nearest features in another SAE, its parent and children there).
 
 Indices here are rows of the two (live) matrices given to `top_k_cosine`; `compare` maps them back to
 feature ids. An edge (a, b) is in the candidate graph when b is among a's top-k or a among b's.
@@ -6,12 +7,15 @@ feature ids. An edge (a, b) is in the candidate graph when b is among a's top-k 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+import torch
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
 
-from geometry.similarity import Neighbors
+from geometry.similarity import Neighbors, top_k_cosine
 
 FAMILY_TYPES = ("1:1", "split", "merge", "tangled", "novel", "lost")
 
@@ -83,3 +87,33 @@ def assignment(a, b, cos, n_a: int, n_b: int, tau: float) -> tuple[np.ndarray, n
     order = np.argsort(keys)
     at = order[np.searchsorted(keys[order], real.astype(np.int64) * n_b + match[real])]
     return real, match[real], cos[at].astype(np.float32)
+
+
+@dataclass
+class CrossLinks:
+    """One SAE's features against another's decoder rows: top matches, and the parent / children at `cut`."""
+
+    match_ids: np.ndarray  # [F, k] nearest features of the other SAE, best first
+    match_cos: np.ndarray  # [F, k]
+    parent: np.ndarray  # [F] the other (narrower) SAE's best match where cos >= cut, else -1
+    children: list[list[tuple[int, float]]]  # per feature: the other (wider) SAE's features whose best match it is
+
+
+def pair_links(W_a: torch.Tensor, W_b: torch.Tensor, cut: float, k: int = 5) -> tuple[CrossLinks, CrossLinks]:
+    """A's links into B and B's into A, from one exact top-k pass both ways. The narrower SAE's features
+    have children (the wider SAE's features whose best match they are, at cos >= cut), the wider one's a
+    parent (their best match, at cos >= cut); at equal widths neither."""
+    nb = top_k_cosine(W_a, W_b, k=min(k, W_a.shape[0], W_b.shape[0]))
+    return (_links(nb.a_to_b, nb.b_to_a, W_a.shape[0], W_b.shape[0], cut),
+            _links(nb.b_to_a, nb.a_to_b, W_b.shape[0], W_a.shape[0], cut))
+
+
+def _links(mine, theirs, F: int, G: int, cut: float) -> CrossLinks:
+    idx, cos = mine.indices.numpy(), mine.values.numpy()
+    parent = np.where(cos[:, 0] >= cut, idx[:, 0], -1) if G < F else np.full(F, -1)
+    children: list[list[tuple[int, float]]] = [[] for _ in range(F)]
+    if G > F:
+        best, best_cos = theirs.indices.numpy()[:, 0], theirs.values.numpy()[:, 0]
+        for j in np.flatnonzero(best_cos >= cut)[np.argsort(-best_cos[best_cos >= cut], kind="stable")]:
+            children[best[j]].append((int(j), float(best_cos[j])))
+    return CrossLinks(idx, cos, parent, children)

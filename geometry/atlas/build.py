@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from geometry.atlas.features import CrossLinks, LogitLens, logit_lens, nearest_in_self, pair_links
+from geometry.atlas.features import LogitLens, logit_lens, nearest_in_self
 from geometry.atlas.forked import forked_map
 from geometry.atlas.neuronpedia import export_neuronpedia
 from geometry.atlas.records import SiteSAE
 from geometry.atlas.shards import feature_records
 from geometry.atlas.site import write_site
+from geometry.matching import CrossLinks, pair_links
 from geometry.options import GeometryError
 from sae.eval.resolve import resolve_saes, sae_sites
 from sae.formats.names import folder_name

@@ -1,6 +1,7 @@
 """The per-feature quantities of the atlas, computed for all features at once: the logit lens, nearest
-decoder directions in the same SAE and in the others (with parents and children), activation-quantile
-bins from the contexts' histograms, and context windows as display tokens."""
+decoder directions in the same SAE (those in the others, with parents and children, are
+`geometry.matching.pair_links`), activation-quantile bins from the contexts' histograms, and context
+windows as display tokens."""
 
 from __future__ import annotations
 
@@ -47,36 +48,6 @@ def nearest_in_self(W_dec: torch.Tensor, k: int = 8) -> tuple[np.ndarray, np.nda
     others = idx != np.arange(len(idx))[:, None]
     keep = np.argsort(~others, axis=1, kind="stable")[:, :k]  # drop the row itself, keep the order
     return np.take_along_axis(idx, keep, 1), np.take_along_axis(cos, keep, 1)
-
-
-@dataclass
-class CrossLinks:
-    """One SAE's features against another's decoder rows: top matches, and the parent / children at `cut`."""
-
-    match_ids: np.ndarray  # [F, k] nearest features of the other SAE, best first
-    match_cos: np.ndarray  # [F, k]
-    parent: np.ndarray  # [F] the other (narrower) SAE's best match where cos >= cut, else -1
-    children: list[list[tuple[int, float]]]  # per feature: the other (wider) SAE's features whose best match it is
-
-
-def pair_links(W_a: torch.Tensor, W_b: torch.Tensor, cut: float, k: int = 5) -> tuple[CrossLinks, CrossLinks]:
-    """A's links into B and B's into A, from one exact top-k pass both ways. The narrower SAE's features
-    have children (the wider SAE's features whose best match they are, at cos >= cut), the wider one's a
-    parent (their best match, at cos >= cut); at equal widths neither."""
-    nb = top_k_cosine(W_a, W_b, k=min(k, W_a.shape[0], W_b.shape[0]))
-    return (_links(nb.a_to_b, nb.b_to_a, W_a.shape[0], W_b.shape[0], cut),
-            _links(nb.b_to_a, nb.a_to_b, W_b.shape[0], W_a.shape[0], cut))
-
-
-def _links(mine, theirs, F: int, G: int, cut: float) -> CrossLinks:
-    idx, cos = mine.indices.numpy(), mine.values.numpy()
-    parent = np.where(cos[:, 0] >= cut, idx[:, 0], -1) if G < F else np.full(F, -1)
-    children: list[list[tuple[int, float]]] = [[] for _ in range(F)]
-    if G > F:
-        best, best_cos = theirs.indices.numpy()[:, 0], theirs.values.numpy()[:, 0]
-        for j in np.flatnonzero(best_cos >= cut)[np.argsort(-best_cos[best_cos >= cut], kind="stable")]:
-            children[best[j]].append((int(j), float(best_cos[j])))
-    return CrossLinks(idx, cos, parent, children)
 
 
 def quantile_bins(hist: np.ndarray, n_bins: int = 5) -> list[tuple[float, float, float]]:

@@ -9,7 +9,8 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from geometry.atlas.features import CrossLinks, LogitLens, TokenTexts, display_windows, quantile_bins
+from geometry.atlas.features import LogitLens, TokenTexts, display_windows, quantile_bins
+from geometry.matching import CrossLinks
 from sae.interp.store import HIST_EDGES, TopContexts
 
 

@@ -1,7 +1,8 @@
-"""The paper's SAE names, `L{layer}{R|A|M|TC}-{8x|32x}[-TopK|-Vanilla]`, and their hook points.
+"""The paper's SAE names, `L{layer}{R|A|M|TC}-{8x|32x}[-TopK|-Vanilla][-s{seed}]`, and their hook points.
 
 A suite prefix says where an SAE comes from: `llama-scope:` (the default for bare names) or `demo:`
-(SAEs this project trains on the embedded SmolLM2 model). Layers are 0-based.
+(SAEs this project trains on the embedded SmolLM2 model, which also has 16x and other seeds: the
+ladder of `python -m sae.demo --ladder`). Layers are 0-based; seed 0 is written without a suffix.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from sae.errors import BadNameError
 from sae.lm.embedded import MODEL_NAME
 from sae.lm.sites import POSITION_OF_KIND, POSITIONS, SiteError, parse_site, position_sites
 
-_NAME = re.compile(r"L(\d+)([A-Z]+)-(\d+)x(?:-(TopK|Vanilla))?")
+_NAME = re.compile(r"L(\d+)([A-Z]+)-(\d+)x(?:-(TopK|Vanilla))?(?:-s(\d+))?")
 
 
 @dataclass(frozen=True)
@@ -24,11 +25,12 @@ class Suite:
     expansions: tuple[int, ...]
     variants: tuple[str, ...]
     model: str
+    seeds: bool = False  # whether names may carry a -s<seed> suffix
 
 
 SUITES = {
     "llama-scope": Suite("llama-scope", 32, 4096, (8, 32), ("TopK",), "meta-llama/Llama-3.1-8B"),
-    "demo": Suite("demo", 30, 576, (8, 32), ("TopK", "Vanilla"), MODEL_NAME),
+    "demo": Suite("demo", 30, 576, (8, 16, 32), ("TopK", "Vanilla"), MODEL_NAME, seeds=True),
 }
 DEFAULT_SUITE = "llama-scope"
 
@@ -38,11 +40,12 @@ class SAEName:
     suite: str
     layer: int
     position: str  # R | A | M | TC
-    expansion: int  # 8 or 32
+    expansion: int  # 8 or 32 (demo: also 16)
     variant: str = "TopK"
+    seed: int = 0
 
     def __str__(self) -> str:
-        tail = "-Vanilla" if self.variant == "Vanilla" else ""
+        tail = ("-Vanilla" if self.variant == "Vanilla" else "") + (f"-s{self.seed}" if self.seed else "")
         return f"L{self.layer}{self.position}-{self.expansion}x{tail}"
 
     @property
@@ -84,7 +87,7 @@ def split_suite(spec: str) -> tuple[str | None, str]:
 def looks_like_name(spec: str) -> bool:
     """True for anything meant as a name (a suite prefix, or the L.. grammar), valid or not."""
     suite, rest = split_suite(spec)
-    return suite is not None or re.fullmatch(r"L\d+[A-Za-z]+-\d+x(-\w+)?", rest) is not None
+    return suite is not None or re.fullmatch(r"L\d+[A-Za-z]+-\d+x(-\w+)*", rest) is not None
 
 
 def parse_name(spec: str) -> SAEName:
@@ -99,7 +102,7 @@ def parse_name(spec: str) -> SAEName:
         raise BadNameError(
             f"{spec!r} is not an SAE name; expected L<layer><R|A|M|TC>-<8x|32x>, e.g. L15R-8x"
         )
-    layer, position, expansion, variant = int(m[1]), m[2], int(m[3]), m[4] or "TopK"
+    layer, position, expansion, variant, seed = int(m[1]), m[2], int(m[3]), m[4] or "TopK", int(m[5] or 0)
     if position not in POSITIONS:
         raise BadNameError(f"{spec!r}: unknown position {position!r}; positions are R, A, M, TC")
     if not 0 <= layer < suite.n_layers:
@@ -109,7 +112,9 @@ def parse_name(spec: str) -> SAEName:
         raise BadNameError(f"{spec!r}: width {expansion}x does not exist; {suite_name} has {widths}")
     if variant not in suite.variants:
         raise BadNameError(f"{spec!r}: {suite_name} has no {variant} SAEs (it has {', '.join(suite.variants)})")
-    return SAEName(suite_name, layer, position, expansion, variant)
+    if seed and not suite.seeds:
+        raise BadNameError(f"{spec!r}: {suite_name} has one SAE per site and width, no -s{seed} seeds")
+    return SAEName(suite_name, layer, position, expansion, variant, seed)
 
 
 def hook_points(layer: int, position: str) -> tuple[str, str]:

@@ -10,6 +10,12 @@ frequencies_<SAE>.csv per SAE). `make demo` then compares the two widths with `g
 (features that never fired on the held-out split left out as dead) and draws the threats neighbourhood
 (`geometry.neighborhood`).
 
+`--ladder` also trains `demo:L15R-16x` and `demo:L15R-8x-s1` (8x with seed + 1) from the same captured
+split with the same recipe, so the suite holds 8x, 16x and 32x at one seed and two 8x seeds, and
+evaluates them into `--out`/eval-ladder (`make ladder` then compares them). Each trains in
+`<suite>/.ladder/<name>/` (resumable) and moves into the suite when done; `<suite>/ladder.json` records
+the settings each was built with.
+
 A second run finds the suite built with the same settings and, in the same `--out`, its evaluation,
 and only prints the table; other settings train anew, an interrupted build resumes. Every setting is
 a flag below and an environment variable DEMO_<NAME> (e.g. DEMO_EPOCHS=1 make demo).
@@ -22,9 +28,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -42,6 +49,7 @@ from sae.train import DEFAULT_L1, SAESpec, TrainConfig, first_tokens, train
 from sae.train.postprocess import CALIBRATIONS, fold_and_normalise, postprocess_to
 
 SUITE = ("L15R-8x", "L15R-32x", "L15R-8x-Vanilla")
+LADDER = ("L15R-16x", "L15R-8x-s1")
 HOOK = "blocks.15.hook_resid_post"
 WHOLE_SPLIT = 2_000_000  # more than the train split holds: "all of it" (and one shuffle buffer for it all)
 COLUMNS = ["sae", "mode", "n_features", "tokens", "massive_tokens", "l0", "explained_variance_centred",
@@ -148,15 +156,40 @@ def train_suite(stream: ActivationStream, specs: list[SAESpec], settings: DemoSe
     return [root / s.name for s in specs]
 
 
-def evaluate_suite(root: Path, out: Path, settings: EvalSettings) -> tuple[pd.DataFrame, list[Path]]:
-    """Evaluate the suite into `out`, unless `out` already holds this suite's evaluation on this budget."""
-    stamp = {"suite": {name: (root / name / "sae_weights.safetensors").stat().st_mtime_ns for name in SUITE},
+def build_ladder(root: Path, settings: DemoSettings, *, rebuild: bool = False) -> list[Path]:
+    """Train the LADDER members missing from the suite folder `root` or built with other settings; their
+    folders. A member named -s<N> trains with settings.seed + N (initialisation and data order)."""
+    marker = root / "ladder.json"
+    built = read_json(marker) if marker.is_file() else {}
+    wanted = asdict(settings)
+    for name in LADDER:
+        if not rebuild and built.get(name) == wanted and (root / name / "cfg.json").is_file():
+            print(f"demo:{name} already built with these settings")
+            continue
+        member = replace(settings, seed=settings.seed + parse_name(f"demo:{name}").seed)
+        build = prepare(root / ".ladder" / name, asdict(member), [name], rebuild=rebuild)
+        if not build.done:
+            train_suite(training_stream(member), [suite_spec(name)], member, build.folder, resume=build.resume)
+        if (root / name).exists():
+            shutil.rmtree(root / name)
+        os.replace(build.folder / name, root / name)  # a kill right after: the next run re-saves it from its checkpoint
+        built[name] = wanted
+        write_json(marker, built)
+    shutil.rmtree(root / ".ladder", ignore_errors=True)
+    return [root / name for name in LADDER]
+
+
+def evaluate_suite(root: Path, out: Path, settings: EvalSettings, names: Sequence[str] = SUITE
+                   ) -> tuple[pd.DataFrame, list[Path]]:
+    """Evaluate the SAEs `names` of the suite into `out`, unless `out` already holds their evaluation on
+    this budget."""
+    stamp = {"suite": {name: (root / name / "sae_weights.safetensors").stat().st_mtime_ns for name in names},
              **asdict(settings)}
     marker, table_path = out / "demo.json", out / "eval.csv"
     if marker.is_file() and table_path.is_file() and read_json(marker) == stamp:
         print(f"the evaluation of this suite on this budget is already in {out}")
         return pd.read_csv(table_path), [table_path]
-    result = evaluate({name: f"demo:{name}" for name in SUITE}, tokens=settings.eval_tokens, modes=("native", "topk"),
+    result = evaluate({name: f"demo:{name}" for name in names}, tokens=settings.eval_tokens, modes=("native", "topk"),
                       lm_tokens=min(settings.lm_tokens, settings.eval_tokens), progress=True)
     paths = list(result.write(out).values())
     freq = result.frequencies[result.frequencies["mode"] == "native"]
@@ -176,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(p.add_argument_group("evaluation"), EvalSettings, env_prefix="DEMO_")
     p.add_argument("--rebuild", action="store_true", default=os.environ.get("DEMO_REBUILD", "") not in ("", "0"),
                    help="retrain the suite even if the cache holds it (env DEMO_REBUILD=1)")
+    p.add_argument("--ladder", action="store_true", default=os.environ.get("DEMO_LADDER", "") not in ("", "0"),
+                   help=f"also train and evaluate {' and '.join(LADDER)} (env DEMO_LADDER=1)")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="where the evaluation tables go")
     args = p.parse_args(argv)
     settings, eval_settings = from_arguments(DemoSettings, args), from_arguments(EvalSettings, args)
@@ -183,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     root = build_suite(settings, rebuild=args.rebuild)
     table, paths = evaluate_suite(root, args.out / "eval", eval_settings)
+    if args.ladder:
+        build_ladder(root, settings, rebuild=args.rebuild)
+        ladder_table, ladder_paths = evaluate_suite(root, args.out / "eval-ladder", eval_settings, LADDER)
+        table, paths = pd.concat([table, ladder_table], ignore_index=True), paths + ladder_paths
     print("\n" + table[COLUMNS].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\nsuite: {root}\ntables: {', '.join(str(p) for p in paths)}\n({time.perf_counter() - start:.0f} s)")
     return 0

@@ -75,6 +75,30 @@ def test_second_demo_run_reuses_the_suite(tiny_demo):
     assert (out / "again" / "eval" / "eval.csv").stat().st_mtime_ns == written
 
 
+@pytest.mark.real_model
+def test_make_ladder_adds_16x_and_a_seed_and_compares_them(tiny_demo):
+    cache, out, _ = tiny_demo
+    env = {**os.environ, "SAE_CACHE": str(cache)}
+    run = subprocess.run(["make", "-s", "ladder", f"DEMO_OUT={out}", f"DEMO_ARGS={TINY_DEMO_ARGS}"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    suite = cache / "demo"
+    assert json.loads((suite / "L15R-16x" / "cfg.json").read_text())["d_sae"] == 16 * 576
+    seeds = {name: json.loads((suite / name / "cfg.json").read_text())["d_sae"] for name in ("L15R-8x", "L15R-8x-s1")}
+    assert seeds == {"L15R-8x": 4608, "L15R-8x-s1": 4608}
+    table = pd.read_csv(out / "eval-ladder" / "eval.csv")
+    assert set(table["sae"]) == {"L15R-16x", "L15R-8x-s1"} and (table["tokens"] == 512).all()
+    summary = json.loads((out / "seeds" / "summary.json").read_text())
+    assert (summary["a"]["name"], summary["b"]["name"]) == ("demo:L15R-8x", "demo:L15R-8x-s1")
+    shared = summary["shared"]["decoder"]
+    assert 0 <= shared["fraction"] < 1 and 0 < shared["pw_mcc"] < 1  # two seeds: neither identical nor unrelated
+    for rung, n_b in (("8x-16x", 9216), ("16x-32x", 18432)):
+        assert json.loads((out / "ladder" / rung / "summary.json").read_text())["b"]["n_features"] == n_b
+    assert "already built" in subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "sae.demo", "--ladder",
+                                              "--out", str(out), *TINY_DEMO_ARGS.split()], cwd=REPO, env=env,
+                                             capture_output=True, text=True, timeout=600).stdout
+
+
 class _FakeStream:
     massive_tokens = 0
 
@@ -191,3 +215,35 @@ def test_demo_settings_come_from_flags_and_environment(monkeypatch):
         demo.add_arguments(argparse.ArgumentParser(), demo.DemoSettings, env_prefix="DEMO_")
     with pytest.raises(SAEError, match=r"--lr -1: must be > 0 and <= 1"):
         demo.DemoSettings(lr=-1.0)
+
+
+def test_the_ladder_trains_each_member_once_with_its_seed(tmp_path, monkeypatch, capsys):
+    from sae.pipelines import demo
+
+    root = tmp_path / "demo"
+    root.mkdir()
+    (root / "L15R-8x").mkdir()  # the suite's own SAEs are never touched
+    (root / "L15R-8x" / "cfg.json").write_text("suite")
+    calls: list = []
+
+    def fake_suite(stream, specs, settings, folder, *, resume):
+        calls.append((specs[0].name, specs[0].expansion, settings.seed, resume))
+        (folder / specs[0].name).mkdir(parents=True, exist_ok=True)
+        (folder / specs[0].name / "cfg.json").write_text(json.dumps({"seed": settings.seed}))
+        return [folder / specs[0].name]
+
+    monkeypatch.setattr(demo, "train_suite", fake_suite)
+    monkeypatch.setattr(demo, "training_stream", lambda settings: _FakeStream())
+    paths = demo.build_ladder(root, demo.DemoSettings(seed=3))
+    assert calls == [("L15R-16x", 16, 3, False), ("L15R-8x-s1", 8, 4, False)]  # -s1: the suite's seed + 1
+    assert paths == [root / "L15R-16x", root / "L15R-8x-s1"]
+    assert json.loads((root / "L15R-8x-s1" / "cfg.json").read_text()) == {"seed": 4}
+    assert not (root / ".ladder").exists() and (root / "L15R-8x" / "cfg.json").read_text() == "suite"
+    demo.build_ladder(root, demo.DemoSettings(seed=3))  # built: nothing trains
+    assert len(calls) == 2 and capsys.readouterr().out.count("already built with these settings") == 2
+    (root / "L15R-16x" / "cfg.json").unlink()  # a member lost: only it is rebuilt
+    demo.build_ladder(root, demo.DemoSettings(seed=3))
+    assert calls[2:] == [("L15R-16x", 16, 3, False)]
+    demo.build_ladder(root, demo.DemoSettings(seed=3, epochs=1))  # other settings: both again
+    assert [c[0] for c in calls[3:]] == ["L15R-16x", "L15R-8x-s1"]
+    assert set(json.loads((root / "ladder.json").read_text())) == {"L15R-16x", "L15R-8x-s1"}

@@ -21,6 +21,10 @@ def test_all_256_llama_scope_names():
     assert parse_name("llama-scope:L0R-8x-TopK") == parse_name("L0R-8x")
     assert str(parse_name("demo:L15R-8x-Vanilla")) == "L15R-8x-Vanilla"
     assert parse_name("demo:L29M-32x").n_features == 32 * 576
+    ladder = parse_name("demo:L15R-8x-s1")
+    assert (ladder.expansion, ladder.variant, ladder.seed, str(ladder)) == (8, "TopK", 1, "L15R-8x-s1")
+    assert str(parse_name("demo:L15R-8x-Vanilla-s2")) == "L15R-8x-Vanilla-s2"
+    assert str(parse_name("demo:L15R-8x-s0")) == "L15R-8x" and parse_name("demo:L15R-16x").n_features == 16 * 576
 
 
 @pytest.mark.parametrize(
@@ -30,6 +34,8 @@ def test_all_256_llama_scope_names():
         ("L15X-8x", "unknown position 'X'"),
         ("L15R-16x", "width 16x does not exist"),
         ("L15R-8x-Vanilla", "no Vanilla SAEs"),
+        ("L15R-8x-s1", "no -s1 seeds"),
+        ("demo:L15R-64x", "width 64x does not exist; demo has 8x, 16x, 32x"),
         ("demo:L30R-8x", "layer 30 out of range"),
         ("gemma:L1R-8x", "unknown suite 'gemma'"),
         ("llama-scope:R15", "not an SAE name"),

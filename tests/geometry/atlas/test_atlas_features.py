@@ -10,8 +10,9 @@ import torch
 from conftest import TINY_CORPUS
 
 from geometry.atlas import build_atlas
-from geometry.atlas.features import TokenTexts, display_tokens, logit_lens, nearest_in_self, pair_links, quantile_bins
+from geometry.atlas.features import TokenTexts, display_tokens, logit_lens, nearest_in_self, quantile_bins
 from geometry.atlas.site import read_shard
+from geometry.matching import pair_links
 from sae.interp.store import HIST_EDGES, TopContexts
 
 
