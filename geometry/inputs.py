@@ -89,7 +89,7 @@ def load_array(path: str | Path, what: str = "activations") -> torch.Tensor:
         if path.suffix == ".csv":
             df = pd.read_csv(path)
             col = next((c for c in ("freq", "frequency", "firing_frequency") if c in df), df.columns[-1])
-            return torch.from_numpy(df[col].to_numpy(np.float64))
+            return torch.from_numpy(df[col].to_numpy(np.float64, copy=True))  # pandas' array may be read-only
     except sae.SAEError:
         raise
     except Exception as e:  # numpy, pandas and safetensors raise many types for bad files
