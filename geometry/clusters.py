@@ -18,8 +18,8 @@ from pathlib import Path
 
 from geometry.feature_map import METHODS, FeatureMap, cluster_table, feature_map, knn_graph, leiden, pca_rows
 from geometry.labels import read_labels
-from geometry.options import GeometryError
-from sae.cli import add_arguments, from_arguments, option, option_error
+from geometry.options import check_settings
+from sae.cli import add_arguments, from_arguments, option
 from sae.errors import run_cli
 from sae.io import check_writable
 
@@ -48,9 +48,7 @@ class MapOptions:
     quiet: bool = option(False, "print nothing", switch=True)
 
     def __post_init__(self) -> None:
-        message = option_error(self)
-        if message:
-            raise GeometryError(message)
+        check_settings(self)
 
 
 def build_parser() -> argparse.ArgumentParser:

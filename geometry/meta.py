@@ -31,9 +31,9 @@ import sae
 from geometry.directions import decoder_rows
 from geometry.inputs import load_array
 from geometry.labels import label_lookup, read_labels
-from geometry.options import GeometryError
+from geometry.options import GeometryError, check_settings
 from geometry.similarity import top_k_cosine
-from sae.cli import add_arguments, from_arguments, option, option_error
+from sae.cli import add_arguments, from_arguments, option
 from sae.errors import run_cli
 from sae.io import check_writable, write_json, write_text
 from sae.train import SAESpec, TrainConfig, train
@@ -59,9 +59,7 @@ class MetaOptions:
     device: str | None = option(None, "training device (default: cuda if available, else cpu)")
 
     def __post_init__(self) -> None:
-        message = option_error(self)
-        if message:
-            raise GeometryError(message)
+        check_settings(self)
 
 
 @dataclass

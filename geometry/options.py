@@ -13,6 +13,13 @@ class GeometryError(SAEError, ValueError):
     """A bad option or input to a comparison (the command line prints it as one line)."""
 
 
+def check_settings(settings) -> None:
+    """Raise GeometryError with the first declared range or choice a settings dataclass breaks."""
+    message = option_error(settings)
+    if message:
+        raise GeometryError(message)
+
+
 @dataclass
 class Options:
     cut: float = option(0.7, "cosine cut: parent-child edges, the family graph, and 'refined' (best cos >= cut)", min=-1, max=1)
@@ -34,9 +41,7 @@ class Options:
     seed: int = option(0, "seed of the random baseline")
 
     def __post_init__(self):
-        message = option_error(self)
-        if message:
-            raise GeometryError(message)
+        check_settings(self)
 
     @classmethod
     def from_kwargs(cls, **kw) -> "Options":

@@ -30,9 +30,9 @@ import sae
 from geometry.directions import load_rows
 from geometry.labels import label_lookup, read_labels
 from geometry.matching import pair_links
-from geometry.options import GeometryError
+from geometry.options import GeometryError, check_settings
 from geometry.split_view import trees_html
-from sae.cli import add_arguments, from_arguments, option, option_error, parse_count
+from sae.cli import add_arguments, from_arguments, option, parse_count
 from sae.data.massive import massive_positions
 from sae.data.text import TokenBatcher, describe_source, iter_texts
 from sae.errors import run_cli
@@ -285,9 +285,7 @@ class SplitOptions:
     quiet: bool = option(False, "print nothing", switch=True)
 
     def __post_init__(self) -> None:
-        message = option_error(self)
-        if message:
-            raise GeometryError(message)
+        check_settings(self)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,8 +33,8 @@ import torch
 import sae
 from geometry.comparison import compare
 from geometry.novelty import CLASSES, insertion_test
-from geometry.options import GeometryError
-from sae.cli import add_arguments, from_arguments, option, option_error, parse_count
+from geometry.options import GeometryError, check_settings
+from sae.cli import add_arguments, from_arguments, option, parse_count
 from sae.data.massive import massive_positions
 from sae.data.text import TokenBatcher, iter_texts, resolve_context
 from sae.errors import run_cli
@@ -345,12 +345,9 @@ class StitchOptions:
     quiet: bool = option(False, "print nothing", switch=True)
 
     def __post_init__(self) -> None:
-        message = option_error(self)
-        bad = [c for c in self.classes.split(",") if c not in CLASSES]
-        if not message and (bad or not self.classes):
-            message = f"--classes {self.classes!r}: each must be one of {', '.join(CLASSES)}"
-        if message:
-            raise GeometryError(message)
+        check_settings(self)
+        if not self.classes or any(c not in CLASSES for c in self.classes.split(",")):
+            raise GeometryError(f"--classes {self.classes!r}: each must be one of {', '.join(CLASSES)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,8 +7,8 @@ from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 
 from geometry.atlas.build import build_atlas
-from geometry.options import GeometryError
-from sae.cli import add_arguments, from_arguments, option, option_error, parse_count
+from geometry.options import check_settings
+from sae.cli import add_arguments, from_arguments, option, parse_count
 from sae.io import check_writable
 
 
@@ -30,9 +30,7 @@ class AtlasSettings:
     quiet: bool = option(False, "no progress bars", switch=True)
 
     def __post_init__(self) -> None:
-        message = option_error(self)
-        if message:
-            raise GeometryError(message)
+        check_settings(self)
 
 
 def _link(text: str) -> tuple[str, str]:
