@@ -20,6 +20,7 @@ from geometry.neighborhood_run import NeighborhoodRun, NeighborhoodSettings, run
 from geometry.options import GeometryError
 from geometry.seed_neighborhood import Neighborhood, class_references, member_classes, neighborhood
 from geometry.seeds import SEED_COLUMNS, best_seeds, concept_seeds, find_seeds, keyword_pattern
+from geometry.stamps import current, make_stamp, write_stamp
 from sae.cli import field_arguments, from_arguments
 from sae.errors import run_cli
 from sae.io import check_writable
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-neighbors", type=int, **of("n_neighbors"))
     p.add_argument("--atlas", **of("atlas"))
     p.add_argument("--quiet", action="store_true", **of("quiet"))
+    p.add_argument("--rebuild", action="store_true", **of("rebuild"))
     return p
 
 
@@ -82,7 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = from_arguments(NeighborhoodSettings, args)
     check_writable(settings.out)
+    saes = list(dict.fromkeys([settings.seed_sae, *settings.members]))
+    inputs = [settings.contexts_dir or settings.out / "contexts", *(settings.concept or ())]
+    if not settings.rebuild and current(settings.out, make_stamp(settings, saes, inputs)):
+        print(f"the neighbourhood in {settings.out} is up to date (same SAEs, contexts, settings and code; "
+              "--rebuild draws it anew)")
+        return 0
     run = run_neighborhood(settings)
+    write_stamp(settings.out, make_stamp(settings, saes, inputs))  # the contexts it may have collected
     if run.neighborhood is None:
         print(f"{run.note}: no neighbourhood drawn")
         return 0

@@ -59,6 +59,7 @@ class NeighborhoodSettings:
     atlas: str | None = option(None, "the feature atlas's folder relative to OUT (python -m geometry.atlas): a click on "
                                "a member opens its page")
     quiet: bool = option(False, "no progress bars, print nothing")
+    rebuild: bool = option(False, "draw even if OUT holds this neighbourhood (same SAEs, contexts, settings and code)")
 
     def __post_init__(self):
         check_options(self)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from geometry.atlas.build import build_atlas
 from geometry.options import check_settings
+from geometry.stamps import contents_digest, current, make_stamp, write_stamp
 from sae.cli import add_arguments, from_arguments, option, parse_count
 from sae.io import check_writable
 
@@ -28,6 +29,8 @@ class AtlasSettings:
     neuronpedia: bool = option(False, "also write Neuronpedia batch files (OUT/<SAE>/neuronpedia/batch-N.json: "
                                "uncompressed, about 11 kB per feature)", switch=True)
     quiet: bool = option(False, "no progress bars", switch=True)
+    rebuild: bool = option(False, "build even if OUT holds this atlas (same SAEs, contexts, settings and code)",
+                           switch=True)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -58,8 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     settings = from_arguments(AtlasSettings, args)
     check_writable(settings.out)
     options = asdict(settings)
-    quiet = options.pop("quiet")
+    quiet, rebuild = options.pop("quiet"), options.pop("rebuild")
+    inputs = [settings.contexts_dir or settings.out / "contexts"]
+    # geometry.compare rewrites its folder on every run (timings in summary.json): stamp the tables read
+    tables = contents_digest(Path(c) / f"features_{side}.csv" for c in args.compare for side in "ab")
+    given = {"compare": args.compare, "compare_tables": tables, "links": args.link}
+    stamp = make_stamp(settings, args.saes, inputs, **given)
+    if not rebuild and current(settings.out, stamp):
+        print(f"the atlas in {settings.out} is up to date (same SAEs, contexts, settings and code; --rebuild builds "
+              f"it anew); open {settings.out / 'index.html'}")
+        return 0
     atlas = build_atlas(args.saes, compare_dirs=args.compare, extras=dict(args.link), progress=not quiet, **options)
+    write_stamp(settings.out, make_stamp(settings, args.saes, inputs, **given))  # the contexts it may have collected
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in atlas.seconds.items())
     print(f"atlas of {', '.join(atlas.tables)}: {len(atlas.paths):,} files, {atlas.bytes / 2**20:.1f} MiB in "
           f"{atlas.out} ({timing}); open {atlas.out / 'index.html'}")
