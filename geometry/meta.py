@@ -35,11 +35,12 @@ from geometry.options import GeometryError, check_settings
 from geometry.similarity import top_k_cosine
 from sae.cli import add_arguments, from_arguments, option
 from sae.errors import run_cli
+from sae.eval.metrics import centred_sumsq, explained_variance
 from sae.io import check_writable, write_json, write_text
 from sae.train import SAESpec, TrainConfig, train
 from sae.train.postprocess import fold_and_normalise
 
-__all__ = ["MetaFeatures", "MetaOptions", "build_parser", "explained_variance", "live_mask", "main", "meta_features"]
+__all__ = ["MetaFeatures", "MetaOptions", "build_parser", "centred_ev", "live_mask", "main", "meta_features"]
 
 FILES = ("meta_features.csv", "members.csv", "summary.json")
 N_NEAREST = 5  # original features listed per meta-feature (nearest decoder rows by cosine)
@@ -99,12 +100,11 @@ def live_mask(n: int, dead: np.ndarray | None) -> np.ndarray:
     return keep
 
 
-def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    """Centred EV of a reconstruction: 1 - SSE / sum of squared deviations from the mean row (x [n, d])."""
+def centred_ev(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """Centred EV of a reconstruction of the rows x [n, d] (sae.eval.metrics' definition, in float64)."""
     x, x_hat = x.double(), x_hat.double()
-    sse = (x - x_hat).pow(2).sum()
-    sst = (x - x.mean(0)).pow(2).sum()
-    return float(1 - sse / sst)
+    total = centred_sumsq(float(x.pow(2).sum()), x.sum(0), len(x))
+    return explained_variance(float((x - x_hat).pow(2).sum()), total)
 
 
 def _default_device(device: str | None) -> str:
@@ -202,7 +202,7 @@ def meta_features(sae_or_rows: Any, *, n_meta: int | None = None, k: int = 4, ep
 
     meta, info = _train_meta(rows, o, n_meta, progress)
     vals, idx, rec = _codes(meta, rows)
-    ev = explained_variance(rows, rec)
+    ev = centred_ev(rows, rec)
     if not math.isfinite(ev):
         raise GeometryError("the meta SAE's reconstruction is not finite (try a lower --lr)")
     l0 = float((vals > 0).sum(1).float().mean())
