@@ -9,7 +9,11 @@ unit decoder norms, JumpReLU thresholds from the first 32,768 training tokens, b
 measures them on every held-out token (one document per row, massive positions left out): EV (centred,
 pooled) in TopK inference and with the global and per-feature JumpReLU thresholds, L0, the fraction of
 features that never fire on the held-out split (~100,000 tokens, the paper's window) and that fire on
-more than 10% of it, and the training time. Results: benchmarks/results/demo_ablation.md (and .csv).
+more than 10% of it, and the training time. Whether the train split limits a wide SAE (it memorises
+documents) shows in three never-fired fractions of the saved inference (per-feature JumpReLU; vanilla:
+its own): on the held-out split, on as many train-split tokens in corpus order (the first documents,
+seen in training), and on the whole train split. `--save DIR` keeps each row's saved SAE and its
+held-out firing frequencies for `geometry.compare`. Results: benchmarks/results/demo_ablation.md (and .csv).
 """
 
 from __future__ import annotations
@@ -25,9 +29,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sae.data.stream import ActivationStream  # noqa: E402
+from sae.formats import save  # noqa: E402
+from sae.io import atomic_path  # noqa: E402
 from sae.pipelines.demo import HOOK, DemoSettings, train_config, training_stream  # noqa: E402
 from sae.train import SAESpec, train  # noqa: E402
-from sae.train.postprocess import feature_thresholds, fold_and_normalise, inference_stats, jumprelu_threshold  # noqa: E402
+from sae.train.postprocess import (  # noqa: E402
+    feature_thresholds,
+    fold_and_normalise,
+    inference_stats,
+    inference_sums,
+    jumprelu_threshold,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 D = DemoSettings()
@@ -40,6 +52,10 @@ ROWS = {
     "auxk": ("AuxK 256, dead after 200K tokens", replace(D, epochs=1), 8, "topk"),
     "demo": ("2 epochs: the demo's 8x", D, 8, "topk"),
     "demo-32x": ("the demo's settings at 32x", D, 32, "topk"),
+    "32x-1ep": ("the demo's settings at 32x, 1 epoch", replace(D, epochs=1), 32, "topk"),
+    "32x-dead-50k": ("32x, 1 epoch, dead after 50K tokens", replace(D, epochs=1, dead_tokens=50_000), 32, "topk"),
+    "32x-aux-strong": ("32x, 1 epoch, dead after 50K tokens, AuxK 512 at weight 1/8",
+                       replace(D, epochs=1, dead_tokens=50_000, aux_k=512, aux_coef=1 / 8), 32, "topk"),
     "vanilla-1e-3": ("vanilla, L1 1e-3, the demo's other settings", replace(D, l1=1e-3), 8, "relu"),
     "vanilla": ("vanilla, L1 1.4e-3 (the demo's)", D, 8, "relu"),
     "vanilla-2e-3": ("vanilla, L1 2e-3", replace(D, l1=2e-3), 8, "relu"),
@@ -53,11 +69,13 @@ def heldout_activations() -> torch.Tensor:
     return torch.cat([c[HOOK] for c in stream.chunks()]).float()
 
 
-def measure(sae, calib: list[torch.Tensor], held: list[torch.Tensor]) -> dict[str, float]:
+def measure(sae, calib: list[torch.Tensor], held: list[torch.Tensor]):
+    """The row's metrics and the saved SAE (folded; TopK: per-feature JumpReLU thresholds)."""
     out = fold_and_normalise(sae)
     if out.activation != "topk":
         stats = inference_stats(out, held, held)
-        return {"l0": stats["l0"], "ev_native": stats["ev"], "never_fired": stats["never_fired"], "dense": stats["dense"]}
+        return {"l0": stats["l0"], "ev_native": stats["ev"], "never_fired": stats["never_fired"],
+                "dense": stats["dense"]}, out
     row = {}
     topk = inference_stats(out, held, held)
     row.update(l0=topk["l0"], ev_topk=topk["ev"], never_fired=topk["never_fired"], dense=topk["dense"])
@@ -70,7 +88,31 @@ def measure(sae, calib: list[torch.Tensor], held: list[torch.Tensor]) -> dict[st
     per = inference_stats(out, held, held)
     row.update(ev_jumprelu_global=glob["ev"], l0_global_p95=glob["l0_p95"], ev_jumprelu_per_feature=per["ev"],
                l0_per_feature=per["l0"], l0_per_feature_p95=per["l0_p95"])
-    return row
+    return row, out
+
+
+def never_fired(sae, batches: list[torch.Tensor]) -> tuple[float, torch.Tensor]:
+    """The fraction of features that fire on none of the tokens, and every feature's firing counts [F]."""
+    sums, _ = inference_sums(sae, batches, batches)
+    return float((sums.fires == 0).double().mean()), sums.fires
+
+
+def memorisation(sae, train_x: torch.Tensor, held: list[torch.Tensor]) -> tuple[dict[str, float], torch.Tensor]:
+    """Never-fired fractions of the saved SAE on held-out, on as many train tokens, and on the whole train
+    split; and the held-out firing counts."""
+    n = sum(len(h) for h in held)
+    never_held, held_fires = never_fired(sae, held)
+    never_window, _ = never_fired(sae, list(train_x[:n].split(4096)))
+    never_train, _ = never_fired(sae, list(train_x.split(4096)))
+    return {"never_saved_heldout": never_held, "never_saved_train_window": never_window,
+            "never_saved_train": never_train}, held_fires
+
+
+def save_row(sae, fires: torch.Tensor, n_tokens: int, folder: Path) -> None:
+    save(sae, folder)
+    with atomic_path(folder / "frequencies.csv") as tmp:
+        pd.DataFrame({"feature": range(len(fires)), "frequency": (fires.double() / n_tokens).numpy()}).to_csv(
+            tmp, index=False)
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -86,6 +128,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
     p.add_argument("--out", type=Path, default=RESULTS / "demo_ablation")
+    p.add_argument("--save", type=Path, metavar="DIR", help="keep each row's saved SAE in DIR/<row> (with "
+                   "frequencies.csv: held-out firing frequencies) for geometry.compare")
     args = p.parse_args()
     labels = [r.strip() for r in args.only.split(",") if r.strip()]
     unknown = [r for r in labels if r not in ROWS]
@@ -106,7 +150,12 @@ def main() -> None:
         sae = train({HOOK: train_x}, spec, config, progress=False).saes[label]
         seconds = time.perf_counter() - t
         row = {"row": label, "change": what, "features": sae.n_features, "steps": config.steps,
-               "train_s": round(seconds), **measure(sae, calib, held)}
+               "train_s": round(seconds)}
+        metrics, saved = measure(sae, calib, held)
+        never, fires = memorisation(saved, train_x, held)
+        row.update(metrics, **never)
+        if args.save:
+            save_row(saved, fires, sum(len(h) for h in held), args.save / label)
         rows.append(row)
         print(pd.DataFrame([row]).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
     table = pd.DataFrame(rows)

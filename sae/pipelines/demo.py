@@ -67,6 +67,7 @@ class DemoSettings:
     lr: float = option(2e-3, "Adam learning rate (paper: 8e-4 over 10^4+ steps)", above=0, max=1)
     aux_k: int = option(256, "AuxK dead-feature loss (Gao et al.) with this k; 0 = off", min=0)
     dead_tokens: int = option(200_000, "AuxK: a feature silent this many tokens counts as dead", min=1)
+    aux_coef: float = option(1 / 32, "AuxK weight (Gao et al.'s 1/32)", min=0)
     l1: float = option(DEFAULT_L1, "L1 coefficient of the vanilla SAE (chosen for L0 ~150: docs/training.md)", min=0)
     context: int = option(256, "tokens per packed training row (the summaries average ~100 tokens)", min=2)
     calibration: str = option("per-feature", "JumpReLU thresholds of the saved TopK SAEs", choices=CALIBRATIONS)
@@ -115,7 +116,8 @@ def train_config(settings: DemoSettings, split_tokens: int) -> TrainConfig:
     total = int(settings.epochs * split_tokens) // settings.batch_size * settings.batch_size
     steps = max(total // settings.batch_size, 1)
     return TrainConfig(total_tokens=max(total, settings.batch_size), batch_size=settings.batch_size, lr=settings.lr,
-                       b_dec_init="mean", aux_k=settings.aux_k, dead_tokens=settings.dead_tokens, l1_coefficient=settings.l1,
+                       b_dec_init="mean", aux_k=settings.aux_k, aux_coef=settings.aux_coef, dead_tokens=settings.dead_tokens,
+                       l1_coefficient=settings.l1,
                        seed=settings.seed, checkpoint_every=max(1, steps // 4))  # ~1.5 s per checkpoint of all three
 
 

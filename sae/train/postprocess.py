@@ -132,18 +132,26 @@ def feature_thresholds(sae: SparseAutoencoder, xs: list[torch.Tensor], block: in
 
 
 @torch.no_grad()
-def inference_stats(sae: SparseAutoencoder, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> dict[str, float]:
-    """Mean L0 and its per-token 5th/50th/95th percentiles, MSE (raw units, per element), explained
-    variance (centred, pooled; and uncentred), the fractions of features that never fire and that fire
-    on more than 10% of the tokens (the definitions of `sae.eval.evaluate`)."""
+def inference_sums(sae: SparseAutoencoder, xs: list[torch.Tensor], ys: list[torch.Tensor]
+                   ) -> tuple[MetricSums, torch.Tensor]:
+    """The metric sums of the SAE's own inference over the token batches (firing counts in `.fires`)
+    and each token's L0 [n] (CPU)."""
     sums = MetricSums(sae.n_features, sae.d_out)
     per_token = []
     for x, y in zip(xs, ys):
         code = sae.encode_sparse(x)
         sums.add(x, y, sae.decode(code), code.values, code.indices)
         per_token.append((code.values > 0).sum(-1).cpu())
+    return sums, torch.cat(per_token)
+
+
+def inference_stats(sae: SparseAutoencoder, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> dict[str, float]:
+    """Mean L0 and its per-token 5th/50th/95th percentiles, MSE (raw units, per element), explained
+    variance (centred, pooled; and uncentred), the fractions of features that never fire and that fire
+    on more than 10% of the tokens (the definitions of `sae.eval.evaluate`)."""
+    sums, per_token = inference_sums(sae, xs, ys)
     m = sums.summary()
-    l0 = torch.cat(per_token).double()
+    l0 = per_token.double()
     p05, p50, p95 = torch.quantile(l0, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)).tolist()
     return {"l0": m["l0"], "l0_p05": p05, "l0_median": p50, "l0_p95": p95, "mse": m["mse"],
             "ev": m["explained_variance_centred"], "ev_uncentred": m["explained_variance_uncentred"],
