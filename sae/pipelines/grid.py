@@ -44,6 +44,7 @@ from sae.io import atomic_path, cache_dir, check_writable, write_json
 from sae.lm.embedded import MODEL_NAME, corpus_articles, load_model
 from sae.pipelines.demo import DemoSettings, suite_spec, train_config, train_suite, training_stream
 from sae.pipelines.staging import commit, prepare
+from sae.precision import resolve_dtype
 from sae.train import SAESpec, latest_checkpoint, read_log, train
 
 N_LAYERS = 30
@@ -153,7 +154,7 @@ def evaluate_grid(folders: dict[str, Path], grid: GridSettings, out: Path) -> di
     main = {n: s for n, s in saes.items() if not is_sweep(n)}
     resid = {n: s for n, s in main.items() if s.meta.position == "R"}
     common = dict(tokens=grid.eval_tokens, lm_tokens=grid.lm_tokens, model_label=MODEL_NAME)
-    model, tokenizer = load_model()
+    model, tokenizer = load_model(dtype=resolve_dtype("auto"))  # as `sae.evaluate`'s default
     runs = {
         # one clean forward for all: the vanilla SAEs (no k) skip the TopK mode
         "main": evaluate(saes, model, tokenizer=tokenizer, modes=("native", "topk"), **common),

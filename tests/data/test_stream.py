@@ -198,7 +198,7 @@ def test_loaded_embedded_model_shares_the_named_cache(smollm2, tmp_path):
     """train.py post-processes with the model object the training stream loaded: same cache, no second capture."""
     model, tok = smollm2
     kw = dict(source="embedded-heldout", hooks=["blocks.1.hook_resid_post"], max_tokens=64, cache=tmp_path, progress=False)
-    by_name = ActivationStream("embedded", **kw)
+    by_name = ActivationStream("embedded", model_dtype=model.dtype, **kw)  # the cache key holds the dtype
     by_object = ActivationStream(model, tok, **kw)
     assert by_object.model_label == by_name.model_label == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert by_object.cache_folder == by_name.cache_folder
