@@ -43,19 +43,21 @@ from sae.train.postprocess import (  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 D = DemoSettings()
+WEAK = replace(D, aux_k=256, dead_tokens=200_000, aux_coef=1 / 32)  # Gao et al.'s weight: the demo's until 2026-12-03
 # label -> (what changes, settings, expansion, activation); each row changes one thing from the row above it
 ROWS = {
     "paper": ("the paper's batch 4,096 and lr 8e-4, no AuxK, 1 epoch (b_dec = mean in every row)",
               replace(D, batch_size=4096, lr=8e-4, aux_k=0, epochs=1), 8, "topk"),
     "batch-1024": ("batch 1,024 (4x the steps)", replace(D, lr=8e-4, aux_k=0, epochs=1), 8, "topk"),
     "lr-2e-3": ("batch 1,024 and lr 2e-3", replace(D, aux_k=0, epochs=1), 8, "topk"),
-    "auxk": ("AuxK 256, dead after 200K tokens", replace(D, epochs=1), 8, "topk"),
-    "demo": ("2 epochs: the demo's 8x", D, 8, "topk"),
+    "auxk": ("AuxK 256 at weight 1/32, dead after 200K tokens", replace(WEAK, epochs=1), 8, "topk"),
+    "auxk-2ep": ("the same, 2 epochs", WEAK, 8, "topk"),
+    "demo": ("AuxK 512 at weight 1/8, dead after 50K tokens: the demo's 8x", D, 8, "topk"),
     "demo-32x": ("the demo's settings at 32x", D, 32, "topk"),
-    "32x-1ep": ("the demo's settings at 32x, 1 epoch", replace(D, epochs=1), 32, "topk"),
-    "32x-dead-50k": ("32x, 1 epoch, dead after 50K tokens", replace(D, epochs=1, dead_tokens=50_000), 32, "topk"),
-    "32x-aux-strong": ("32x, 1 epoch, dead after 50K tokens, AuxK 512 at weight 1/8",
-                       replace(D, epochs=1, dead_tokens=50_000, aux_k=512, aux_coef=1 / 8), 32, "topk"),
+    "32x-1ep": ("32x, 1 epoch, AuxK 256 at weight 1/32, dead after 200K tokens", replace(WEAK, epochs=1), 32, "topk"),
+    "32x-dead-50k": ("32x, 1 epoch, dead after 50K tokens", replace(WEAK, epochs=1, dead_tokens=50_000), 32, "topk"),
+    "32x-aux-strong": ("32x, 1 epoch, the demo's AuxK: dead after 50K tokens, AuxK 512 at weight 1/8",
+                       replace(D, epochs=1), 32, "topk"),
     "vanilla-1e-3": ("vanilla, L1 1e-3, the demo's other settings", replace(D, l1=1e-3), 8, "relu"),
     "vanilla": ("vanilla, L1 1.4e-3 (the demo's)", D, 8, "relu"),
     "vanilla-2e-3": ("vanilla, L1 2e-3", replace(D, l1=2e-3), 8, "relu"),

@@ -93,7 +93,7 @@ def build_atlas(saes: Sequence[str] | dict[str, Any], out: str | Path, *, contex
     folder = Path(contexts_dir) if contexts_dir is not None else out / "contexts"
     contexts = collect_contexts(dict(resolved), model=lm, tokenizer=tokenizer, dataset=dataset, tokens=tokens,
                                 n_random=n_random, out={name: folder / folder_name(name) for name, _ in resolved},
-                                resume=True, progress=progress, device=device)
+                                resume=True, refresh=True, progress=progress, device=device)
     seconds["contexts"] = time.perf_counter() - clock
     with _no_cyclic_gc():
         with forked_map(lambda name: label_features(contexts[name])["label"], [n for n, _ in resolved], 2) as labels:

@@ -101,10 +101,13 @@ def collect_contexts(
     seed: int = 0,
     device: str | None = None,
     checkpoint_s: float = 120.0,
+    refresh: bool = False,
 ) -> dict[str, TopContexts]:
     """Top contexts of several SAEs (name -> SparseAutoencoder or spec for `sae.load`) in one pass:
     one forward per token batch serves every SAE, at one site or several. `out` maps names to folders
-    (saved at checkpoints and at the end); see `top_contexts` for the rest."""
+    (saved at checkpoints and at the end); see `top_contexts` for the rest. refresh (with resume, for
+    folders kept as a cache): contexts in `out` of other weights under the same name (the SAE was
+    retrained) are collected anew, not an error."""
     if tokens < 1 or n_top < 1 or n_random < 0 or batch_size < 1:
         raise ContextsError(f"tokens, n_top and batch_size must be positive and n_random >= 0 "
                             f"(got {tokens}, {n_top}, {batch_size}, {n_random})")
@@ -138,7 +141,7 @@ def collect_contexts(
                     "n_top": n_top, "n_random": n_random, "window": [before, after], "seed": seed, "shuffle": shuffle,
                     "histogram": HISTOGRAM}
         folder = Path(out[name]) if out and name in out else None
-        state = _start_state(settings, vocab_size, folder, resume)
+        state = _start_state(settings, vocab_size, folder, resume, refresh)
         collectors.append(Collector(name, s, hooks[name], state, folder))
     _run(collectors, stream, tokenizer, dataset, tokens, progress, checkpoint_s)
     return {c.name: c.state for c in collectors}
@@ -151,16 +154,22 @@ def _refuse_overwrite(folder: Path | None, resume: bool) -> None:
                             "them, or another --out (out=) to start anew")
 
 
-def _start_state(settings: dict, vocab_size: int, folder: Path | None, resume: bool) -> TopContexts:
+def _start_state(settings: dict, vocab_size: int, folder: Path | None, resume: bool,
+                 refresh: bool = False) -> TopContexts:
     _refuse_overwrite(folder, resume)
     if resume and folder is not None and (folder / STATE_FILE).is_file():
         state = TopContexts.load(folder)
+        diff = sorted(k for k in settings if state.settings.get(k) != settings[k])
+        anew = None
         if set(state.settings) < set(settings) and all(state.settings[k] == settings[k] for k in state.settings):
-            print(f"{folder} holds contexts of an older version (without {', '.join(sorted(set(settings) - set(state.settings)))}); "
-                  "collecting them anew (the old file stays until the first checkpoint)", file=sys.stderr)
+            anew = f"of an older version (without {', '.join(sorted(set(settings) - set(state.settings)))})"
+        elif refresh and diff == ["fingerprint"]:
+            anew = f"of other weights of {settings['sae']} (retrained)"
+        if anew:
+            print(f"{folder} holds contexts {anew}; collecting them anew (the old file stays until the first "
+                  "checkpoint)", file=sys.stderr)
             return _empty_state(settings, vocab_size)
         if state.settings != settings:
-            diff = sorted(k for k in settings if state.settings.get(k) != settings[k])
             raise ContextsError(f"{folder} holds contexts made with other settings ({', '.join(diff)}); "
                                 "use another folder or start anew without resume")
         return state

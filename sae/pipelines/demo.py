@@ -65,9 +65,10 @@ class DemoSettings:
     distinct_tokens: int = option(WHOLE_SPLIT, "train-split tokens to capture (default: all of them)", min=1, max=WHOLE_SPLIT)
     batch_size: int = option(1024, "tokens per step", min=1, max=2**24)
     lr: float = option(2e-3, "Adam learning rate (paper: 8e-4 over 10^4+ steps)", above=0, max=1)
-    aux_k: int = option(256, "AuxK dead-feature loss (Gao et al.) with this k; 0 = off", min=0)
-    dead_tokens: int = option(200_000, "AuxK: a feature silent this many tokens counts as dead", min=1)
-    aux_coef: float = option(1 / 32, "AuxK weight (Gao et al.'s 1/32)", min=0)
+    aux_k: int = option(512, "AuxK dead-feature loss (Gao et al.) with this k; 0 = off", min=0)
+    dead_tokens: int = option(50_000, "AuxK: a feature silent this many tokens counts as dead", min=1)
+    aux_coef: float = option(1 / 8, "AuxK weight (Gao et al.: 1/32; 1/8 revives most silent 32x features here)",
+                             min=0)
     l1: float = option(DEFAULT_L1, "L1 coefficient of the vanilla SAE (chosen for L0 ~150: docs/training.md)", min=0)
     context: int = option(256, "tokens per packed training row (the summaries average ~100 tokens)", min=2)
     calibration: str = option("per-feature", "JumpReLU thresholds of the saved TopK SAEs", choices=CALIBRATIONS)

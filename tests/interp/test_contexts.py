@@ -11,7 +11,7 @@ from sae.data.text import TokenBatcher
 from sae.errors import SAEFileError, ShapeError, run_cli
 from sae.interp.cli import main
 from sae.interp.collector import hash_keys
-from sae.interp.contexts import top_contexts
+from sae.interp.contexts import collect_contexts, top_contexts
 from sae.interp.documents import ordered_documents
 from sae.interp.store import ContextsError, TopContexts
 from sae.lm.embedded import corpus_documents
@@ -129,6 +129,19 @@ def test_budget_resume_and_files(tiny_llama, tmp_path):
     older.save(tmp_path / "old")
     upgraded = top_contexts(sae, tokens=10**6, out=tmp_path / "old", resume=True, **kw)
     np.testing.assert_array_equal(upgraded.hist, full.hist)
+    retrained = make_sae(seed=1)  # same name, other weights
+    with pytest.raises(ContextsError, match=r"other settings \(fingerprint\)"):
+        top_contexts(retrained, tokens=10**6, out=tmp_path / "c", resume=True, **kw)
+    name = sae.meta.name
+    refreshed = collect_contexts({name: retrained}, tokens=10**6, out={name: tmp_path / "c"}, resume=True, refresh=True,
+                                 **kw)[name]
+    fresh = top_contexts(retrained, tokens=10**6, **kw)
+    np.testing.assert_array_equal(refreshed.counts, fresh.counts)
+    np.testing.assert_array_equal(refreshed.top.doc, fresh.top.doc)
+    assert TopContexts.load(tmp_path / "c").settings["fingerprint"] == fresh.settings["fingerprint"]
+    with pytest.raises(ContextsError, match="other settings"):  # refresh forgives new weights, not new settings
+        collect_contexts({name: retrained}, tokens=10**6, out={name: tmp_path / "c"}, resume=True, refresh=True,
+                         **{**kw, "n_top": 4})
     (tmp_path / "c" / "contexts.safetensors").write_bytes(b"\x00" * 40)
     with pytest.raises(SAEFileError, match="corrupt"):
         TopContexts.load(tmp_path / "c")

@@ -210,9 +210,9 @@ def test_demo_settings_come_from_flags_and_environment(monkeypatch):
     demo.add_arguments(parser, demo.DemoSettings, env_prefix="DEMO_")
     settings = demo.from_arguments(demo.DemoSettings, parser.parse_args(["--lr", "1e-3", "--aux-k", "0"]))
     assert (settings.epochs, settings.lr, settings.aux_k, settings.calibration) == (3.0, 1e-3, 0, "per-feature")
-    strong = demo.from_arguments(demo.DemoSettings, parser.parse_args(["--aux-coef", "0.125", "--dead-tokens", "50000"]))
-    config = demo.train_config(strong, 10_000)  # the AuxK settings reach the trainer
-    assert (config.aux_coef, config.dead_tokens, config.aux_k) == (0.125, 50_000, 256)
+    other = demo.from_arguments(demo.DemoSettings, parser.parse_args(["--aux-coef", "0.25", "--dead-tokens", "100000"]))
+    config = demo.train_config(other, 10_000)  # the AuxK settings reach the trainer
+    assert (config.aux_coef, config.dead_tokens, config.aux_k) == (0.25, 100_000, 512)
     monkeypatch.setenv("DEMO_BATCH_SIZE", "1.5")
     with pytest.raises(SAEError, match=r"\$DEMO_BATCH_SIZE: expected a whole number"):
         demo.add_arguments(argparse.ArgumentParser(), demo.DemoSettings, env_prefix="DEMO_")
