@@ -100,7 +100,8 @@ def run_neighborhood(settings: NeighborhoodSettings) -> NeighborhoodRun:
     if not s.no_labels:
         where = s.contexts_dir or s.out / "contexts"
         contexts = collect_contexts(saes, model=s.model, dataset=s.dataset, tokens=s.tokens, n_random=s.n_random,
-                                    out={n: where / folder_name(n) for n in names}, resume=True, refresh=True, progress=not s.quiet)
+                                    out={n: where / folder_name(n) for n in names}, resume=True, refresh=True,
+                                    progress=not s.quiet)
         for name in names:
             labels[name] = label_features(contexts[name])
             paths.append(write_text(s.out / "labels" / f"{folder_name(name)}.csv", labels[name].to_csv(index=False)))

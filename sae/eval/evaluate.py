@@ -105,7 +105,8 @@ def evaluate(
     datasets = list(datasets) if datasets is not None else [dataset]
     parts: list[dict[str, Any]] = []
     settings = {
-        "saes": [lab for lab, _ in resolved], "models": [], "model_dtypes": [], "datasets": [describe_source(d) for d in datasets],
+        "saes": [lab for lab, _ in resolved], "models": [], "model_dtypes": [],
+        "datasets": [describe_source(d) for d in datasets],
         "modes": modes, "tokens": tokens, "lm_tokens": lm_tokens, "context": context, "batch_size": batch_size,
         "pack": pack, "dead_window": dead_window, "dense_threshold": dense_threshold, "massive_factor": massive_factor,
         "torch": torch.__version__, "python": platform.python_version(),

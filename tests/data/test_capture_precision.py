@@ -137,3 +137,14 @@ def test_evaluation_reports_and_leaves_out_massive_positions(tiny_llama, tiny_co
     assert full["massive_tokens"] == 0 and cut["massive_tokens"] > 0
     assert cut["tokens"] == n and cut["tokens"] + cut["massive_tokens"] == full["tokens"]
     assert cut["mse"] == pytest.approx(sse / (n * 64), rel=1e-5)
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("fast", [True, False])
+def test_evaluation_runs_the_named_model_in_the_auto_dtype(monkeypatch, fast):
+    monkeypatch.setattr(precision, "fast_bf16", lambda device=None: fast)
+    sae = SparseAutoencoder(576, 64, activation="topk", k=4, meta=SAEMeta(name="s", hook_in="blocks.1.hook_resid_post"))
+    result = evaluate([sae], "embedded", "embedded-heldout", tokens=32, lm_tokens=0, progress=False)
+    assert result.settings["model_dtypes"] == ["bfloat16" if fast else "float32"]
+    forced = evaluate([sae], "embedded", "embedded-heldout", tokens=32, lm_tokens=0, dtype="float32", progress=False)
+    assert forced.settings["model_dtypes"] == ["float32"]
