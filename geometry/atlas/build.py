@@ -85,7 +85,7 @@ def build_atlas(saes: Sequence[str] | dict[str, Any], out: str | Path, *, contex
     resolved = resolve_saes(saes if isinstance(saes, dict) else {str(s): s for s in saes})
     comparisons = [_read_comparison(Path(path), [name for name, _ in resolved]) for path in compare_dirs]
     if isinstance(model, (str, Path)):
-        lm, tokenizer, label = load_model(str(model), device=device)
+        lm, tokenizer, label = load_model(str(model), device=device, dtype="auto")  # as the contexts pass
     elif tokenizer is None:
         raise GeometryError("pass tokenizer= with a model object (or a model name)")
     else:

@@ -57,8 +57,10 @@ from sae.interp.documents import document_rows, next_rows, ordered_documents
 from sae.interp.store import HIST_EDGES, HISTOGRAM, SCHEMA, STATE_FILE, ContextsError, Slots, TopContexts
 from sae.lm.models import load_model, model_name
 from sae.model import SparseAutoencoder
+from sae.precision import dtype_name
 
 DEFAULT_TOKENS = 100_000
+REFRESHED = {"fingerprint", "model_dtype"}  # what `refresh` collects anew instead of refusing
 DEFAULT_WINDOW = (24, 8)  # tokens before and after a context's own token
 
 
@@ -102,12 +104,14 @@ def collect_contexts(
     device: str | None = None,
     checkpoint_s: float = 120.0,
     refresh: bool = False,
+    dtype: str | torch.dtype = "auto",
 ) -> dict[str, TopContexts]:
     """Top contexts of several SAEs (name -> SparseAutoencoder or spec for `sae.load`) in one pass:
     one forward per token batch serves every SAE, at one site or several. `out` maps names to folders
     (saved at checkpoints and at the end); see `top_contexts` for the rest. refresh (with resume, for
     folders kept as a cache): contexts in `out` of other weights under the same name (the SAE was
-    retrained) are collected anew, not an error."""
+    retrained) are collected anew, not an error. dtype: of a model given by name ("auto": bf16 where the
+    hardware has fast bf16, as evaluation; the SAEs read its activations in fp32)."""
     if tokens < 1 or n_top < 1 or n_random < 0 or batch_size < 1:
         raise ContextsError(f"tokens, n_top and batch_size must be positive and n_random >= 0 "
                             f"(got {tokens}, {n_top}, {batch_size}, {n_random})")
@@ -117,7 +121,7 @@ def collect_contexts(
     device = check_device(device)
     resolved = resolve_saes(saes)
     if isinstance(model, (str, Path)):
-        lm, tokenizer, label = load_model(str(model), device=device)
+        lm, tokenizer, label = load_model(str(model), device=device, dtype=dtype)
     else:
         if tokenizer is None:
             raise ContextsError("pass tokenizer= with a model object (or a model name)")
@@ -139,7 +143,7 @@ def collect_contexts(
         settings = {"schema": SCHEMA, "sae": name, "fingerprint": fingerprint(s), "n_features": s.n_features,
                     "model": label, "dataset": describe_source(dataset), "context": stream.context,
                     "n_top": n_top, "n_random": n_random, "window": [before, after], "seed": seed, "shuffle": shuffle,
-                    "histogram": HISTOGRAM}
+                    "histogram": HISTOGRAM, "model_dtype": dtype_name(next(lm.parameters()).dtype)}
         folder = Path(out[name]) if out and name in out else None
         state = _start_state(settings, vocab_size, folder, resume, refresh)
         collectors.append(Collector(name, s, hooks[name], state, folder))
@@ -159,18 +163,20 @@ def _start_state(settings: dict, vocab_size: int, folder: Path | None, resume: b
     _refuse_overwrite(folder, resume)
     if resume and folder is not None and (folder / STATE_FILE).is_file():
         state = TopContexts.load(folder)
-        diff = sorted(k for k in settings if state.settings.get(k) != settings[k])
+        old = state.settings
+        missing = sorted(set(settings) - set(old))
+        changed = sorted(k for k in settings if k in old and old[k] != settings[k])
         anew = None
-        if set(state.settings) < set(settings) and all(state.settings[k] == settings[k] for k in state.settings):
-            anew = f"of an older version (without {', '.join(sorted(set(settings) - set(state.settings)))})"
-        elif refresh and diff == ["fingerprint"]:
-            anew = f"of other weights of {settings['sae']} (retrained)"
+        if set(old) <= set(settings) and not changed and missing:
+            anew = f"of an older version (without {', '.join(missing)})"
+        elif refresh and set(old) <= set(settings) and changed and set(changed) <= REFRESHED:
+            anew = f"of {settings['sae']} made with other {' and '.join(changed)} (retrained, or another dtype)"
         if anew:
             print(f"{folder} holds contexts {anew}; collecting them anew (the old file stays until the first "
                   "checkpoint)", file=sys.stderr)
             return _empty_state(settings, vocab_size)
         if state.settings != settings:
-            raise ContextsError(f"{folder} holds contexts made with other settings ({', '.join(diff)}); "
+            raise ContextsError(f"{folder} holds contexts made with other settings ({', '.join(changed + missing)}); "
                                 "use another folder or start anew without resume")
         return state
     return _empty_state(settings, vocab_size)

@@ -84,8 +84,9 @@ class TrainConfig:
                                             parse=name_or_number(DECODER_INIT_NORMS, float), above=0)
     b_dec_init: str = option("zero", "decoder bias at init: zero (paper) or the data mean (helps short runs on data "
                              "with a large mean; as sparsify: the first batch's mean target)", choices=B_DEC_INITS)
-    score_dtype: str = option("auto", "dtype of the TopK ranking matmul (auto: bfloat16 where the CPU/GPU has it; "
-                              "values stay fp32)", choices=SCORE_DTYPES)
+    score_dtype: str = option("auto", "dtype of the big matmuls: the TopK ranking, AuxK's and the vanilla SAE's "
+                              "(auto: bfloat16 where the CPU/GPU has it; weights, TopK values and losses stay fp32)",
+                              choices=SCORE_DTYPES)
     normalize: bool = option(True, "train on raw activations (default: dataset-wise, average norm sqrt(d))", switch=True)
     norm_tokens: int = 16_384  # tokens used to measure the average norm (when the source has no stats)
     loss: str = option("mse", "mse (paper) or batch-norm-mse (released code: per token / ||batch-centred target||)",

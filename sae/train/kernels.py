@@ -70,3 +70,14 @@ def csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple
     with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
+
+
+def csr_matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """a @ b for a CSR a [F, B] and a dense b [B, d], written into `out` when it is already [F, d].
+
+    Reusing the last step's gradient as `out` measured ~10x faster than a fresh result on a CPU: a new
+    [F, d] tensor is zero-filled memory fresh from the OS (page faults) before the product even starts."""
+    shape = (a.shape[0], b.shape[1])
+    if out is None or out.shape != shape or out.dtype != b.dtype:
+        out = torch.empty(shape, dtype=b.dtype, device=b.device)
+    return torch.addmm(out, a, b, beta=0.0, out=out)

@@ -108,6 +108,10 @@ class Sharding:
         values, indices = topk_by_bits(score, k)
         return values, indices, None
 
+    def common_width(self, n: int) -> int:
+        """The largest n of the tensor-parallel shards (per-shard column counts that `topk` needs equal)."""
+        return n
+
     def sum_partials(self, t: torch.Tensor) -> torch.Tensor:
         """Sum of every shard's partial result (e.g. a reconstruction from its own features), differentiable."""
         return t
@@ -289,6 +293,13 @@ class MeshSharding(Sharding):
         """[B, m] per tp rank -> [B, tp * m], shard-major."""
         B, m = t.shape
         return self._all_gather(t).view(self.tp, B, m).transpose(0, 1).reshape(B, self.tp * m)
+
+    def common_width(self, n: int) -> int:
+        if self.tp == 1:
+            return n
+        t = torch.tensor([n], dtype=torch.long, device=self.device)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX, group=self.tp_group)
+        return int(t)
 
     def sum_partials(self, t: torch.Tensor) -> torch.Tensor:
         if self.tp == 1:

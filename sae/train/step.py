@@ -17,7 +17,7 @@ from sae.eval.metrics import explained_variance
 from sae.model import SparseAutoencoder
 from sae.precision import resolve_dtype
 from sae.train.config import SAESpec, TrainConfig, TrainingError
-from sae.train.kernels import csr, exact_pre, feature_rows, gather_sum, owned_only, sampled_dot
+from sae.train.kernels import csr, csr_matmul, exact_pre, feature_rows, gather_sum, owned_only, sampled_dot
 from sae.train.parallel import PARAM_NAMES, SHARD_DIMS, Sharding
 
 
@@ -106,6 +106,7 @@ class SAETrainer:
         score = torch.addmm((b_enc * n).to(low), x.to(low), (W_enc * n).to(low))
         top_scores, idx, owned = sh.topk(score, k)
         pre = owned_only(exact_pre(idx, top_scores, n, x, W_enc, b_enc, low), owned)
+        del score
         values = pre.clamp_min(0)
         e = sh.sum_partials(gather_sum(idx, W_dec, values)).add_(b_dec).sub_(y)  # y_hat - y
         numel = e.numel()
@@ -125,68 +126,74 @@ class SAETrainer:
         loss = loss_sum / numel
         stats = _recon_stats(*sums, numel)
 
-        sel_idx, sel_pre, sel_val, sel_dy = [idx], [pre], [values], [dy]
-        aux = self._auxk(score, n, x, e, tokens_before)
-        del score
-        if aux is not None:
-            stats["aux"], *selection = aux
-            loss += self.config.aux_coef * stats["aux"]
-            for parts, part in zip((sel_idx, sel_pre, sel_val, sel_dy), selection):
-                parts.append(part)
-
-        # dL/dpre at the selected entries; then every selection (aux-k ones as extra rows B.., so a token's two
-        # selections never share a (feature, row) entry) in one [F, rows] CSR pattern for both weight gradients
-        g = [sampled_dot(i, dy_i, W_dec) * (p > 0) for i, p, dy_i in zip(sel_idx, sel_pre, sel_dy)]
-        feats = torch.cat([i.reshape(-1) for i in sel_idx])
-        rows = torch.cat([torch.arange(n * B, (n + 1) * B, device=x.device).repeat_interleave(i.shape[1])
-                          for n, i in enumerate(sel_idx)])
-        crow, col, order = feature_rows(feats, rows, F_)
-        size = (F_, B * len(sel_idx))
-        W_dec.grad = csr(crow, col, torch.cat([v.reshape(-1) for v in sel_val])[order], size) @ torch.cat(sel_dy)
-        g_flat = torch.cat([gi.reshape(-1) for gi in g])
-        xs = x if len(sel_idx) == 1 else x.repeat(len(sel_idx), 1)
-        self.opt_params[0].grad = csr(crow, col, g_flat[order], size) @ xs  # [F, d]: W_enc's memory order
-        b_enc.grad = torch.zeros_like(b_enc).index_add_(0, feats, g_flat)
+        # dL/dpre at the selected entries, then both weight gradients through one [F, B] CSR pattern
+        g = (sampled_dot(idx, dy, W_dec) * (pre > 0)).reshape(-1)
+        feats = idx.reshape(-1)
+        crow, col, order = feature_rows(feats, torch.arange(B, device=x.device).repeat_interleave(idx.shape[1]), F_)
+        W_dec.grad = csr_matmul(csr(crow, col, values.reshape(-1)[order], (F_, B)), dy, W_dec.grad)
+        enc = self.opt_params[0]  # [F, d]: W_enc's memory order
+        enc.grad = csr_matmul(csr(crow, col, g[order], (F_, B)), x, enc.grad)
+        b_enc.grad = torch.zeros_like(b_enc).index_add_(0, feats, g)
         b_dec.grad = dy.sum(0)
+        aux = self._auxk(n, x, e, tokens_before)
+        if aux is not None:
+            stats["aux"] = aux
+            loss += self.config.aux_coef * aux
         stats["l0"] = n_active / (B * sh.ddp)
         return loss, stats, idx[active]
 
-    def _auxk(self, score: torch.Tensor, n: torch.Tensor, x: torch.Tensor, e: torch.Tensor,
-              tokens_before: int) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    def _auxk(self, n: torch.Tensor, x: torch.Tensor, e: torch.Tensor, tokens_before: int) -> float | None:
         """AuxK (Gao et al.): the top aux_k dead features of each token reconstruct its residual -e [B, d].
 
-        Returns (aux loss, indices, pre-activations, values, dL/d reconstruction) of that second selection,
-        or None while no feature is dead. Overwrites score [B, F] (the step's ranking, no longer needed)."""
+        Adds its gradients to the `.grad` of the step and returns the aux loss, or None while no feature is
+        dead. Dense over the dead features only (n [F]: decoder norms): five [B, d] x [d, n_dead] matmuls
+        in the score dtype (an auxiliary loss: bf16 is precise enough), far cheaper than ranking, gathering
+        and sampling aux_k of all F features per token while the dead are a small part of the dictionary,
+        as AuxK keeps them."""
         cfg, sh = self.config, self.sh
         if cfg.aux_k <= 0 or tokens_before < cfg.dead_tokens:
             return None
-        dead = (tokens_before - self.last_fired) > cfg.dead_tokens  # never fired: last = -1
-        n_dead = int(sh.shard_sum(dead.sum()))
+        dead = ((tokens_before - self.last_fired) > cfg.dead_tokens).nonzero().squeeze(1)  # never fired: last = -1
+        n_dead = int(sh.shard_sum(torch.tensor(dead.numel())))
         if not n_dead:
             return None
         W_enc, b_enc, W_dec, _ = self.params
-        aux_scores, aux_idx, aux_owned = sh.topk(score.masked_fill_(~dead, -math.inf), min(cfg.aux_k, n_dead))
-        # picks beyond the row's positive dead scores may be masked live features: they add nothing
-        aux_pre = owned_only(exact_pre(aux_idx, aux_scores, n, x, W_enc, b_enc, self.score_dtype), aux_owned)
-        aux_pre = aux_pre.masked_fill(~dead[aux_idx], 0.0)
-        aux_val = aux_pre.clamp_min(0)
+        # every tensor-parallel shard ranks the same number of columns (padding: feature 0 at value 0)
+        width = sh.common_width(dead.numel())
+        valid = torch.arange(width, device=x.device) < dead.numel()
+        cols = torch.nn.functional.pad(dead, (0, width - dead.numel()))
+        enc, low = self.opt_params[0], self.score_dtype  # W_enc as [F, d]
+        pre = _mm(x, enc[cols].T, low).add_(b_enc[cols]).mul_(valid)  # [B, width]
+        _, pick, owned = sh.topk(pre * n[cols], min(cfg.aux_k, n_dead))
+        mark = torch.ones_like(pre[:, :1]).expand_as(pick) if owned is None else owned.to(pre.dtype)
+        chosen = torch.zeros_like(pre).scatter_add_(1, pick, mark)  # other shards' picks add 0 at column 0
+        values = pre.clamp_min_(0).mul_(chosen)  # [B, width]: aux_k entries per token at most
+        W_rows = W_dec[cols]
         residual = -e
-        diff = sh.sum_partials(gather_sum(aux_idx, W_dec, aux_val)) - residual
+        diff = sh.sum_partials(_mm(values, W_rows, low)) - residual
         denom, diff_sq = sh.replica_sums([(residual - sh.batch_mean(residual)).pow(2).sum(), diff.pow(2).sum()])
         denom = denom or 1e-12
         # x ddp: the replicas' gradients are averaged, this term is a sum over the global batch
-        return diff_sq / denom, aux_idx, aux_pre, aux_val, diff * (2 * cfg.aux_coef * sh.ddp / denom)
+        d_aux = diff * (2 * cfg.aux_coef * sh.ddp / denom)
+        g = _mm(d_aux, W_rows.T, low).mul_(values > 0)  # dL/dpre [B, width]
+        W_dec.grad.index_add_(0, cols, _mm(values.T, d_aux, low))
+        enc.grad.index_add_(0, cols, _mm(g.T, x, low))
+        b_enc.grad.index_add_(0, cols, g.sum(0))
+        return diff_sq / denom
 
     def relu_grads(self, x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[float, dict[str, float], torch.Tensor]:
         """The vanilla step by autograd: MSE + lam x L1 weighted by decoder-row norms (as topk_grads returns)."""
         sh = self.sh
         W_enc, b_enc, W_dec, b_dec = self.params
-        pre = torch.addmm(b_enc, x, W_enc)
-        f = pre.relu()
-        y_hat = sh.sum_partials(f @ W_dec) + b_dec if sh.tp > 1 else torch.addmm(b_dec, f, W_dec)
-        e = y_hat - y
+        # the matmuls forward and backward in the score dtype (bf16 where fast, as the paper trains);
+        # the weights, their gradients and the losses stay fp32
+        low = self.score_dtype
+        with torch.autocast(x.device.type, dtype=low, enabled=low != torch.float32):
+            f = torch.addmm(b_enc, x, W_enc).relu()
+            y_hat = sh.sum_partials(f @ W_dec) + b_dec if sh.tp > 1 else torch.addmm(b_dec, f, W_dec)
+            l1 = sh.sum_partials(f @ W_dec.norm(dim=1)).float().mean()  # L1 weighted by decoder-row norms
+        e = y_hat.float() - y
         mse = self.recon_loss(e, y)
-        l1 = sh.sum_partials(f @ W_dec.norm(dim=1)).mean()  # L1 weighted by decoder-row norms
         loss = mse + lam * l1
         for p in self.params:
             p.grad = None
@@ -225,6 +232,11 @@ class SAETrainer:
         out = {key: total / n for key, (total, n) in self.acc.items()}
         self.acc = {}
         return out
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """a @ b computed in `dtype`, returned in fp32."""
+    return torch.mm(a.to(dtype), b.to(dtype)).float()
 
 
 def _token_scale(y: torch.Tensor, y_mean: torch.Tensor) -> torch.Tensor:

@@ -139,6 +139,14 @@ def test_budget_resume_and_files(tiny_llama, tmp_path):
     np.testing.assert_array_equal(refreshed.counts, fresh.counts)
     np.testing.assert_array_equal(refreshed.top.doc, fresh.top.doc)
     assert TopContexts.load(tmp_path / "c").settings["fingerprint"] == fresh.settings["fingerprint"]
+    before_dtype = TopContexts.load(tmp_path / "c")  # an older version's contexts of the old weights: no model_dtype
+    del before_dtype.settings["model_dtype"]
+    before_dtype.settings["fingerprint"] = older.settings["fingerprint"]
+    before_dtype.save(tmp_path / "c")
+    again = collect_contexts({name: retrained}, tokens=10**6, out={name: tmp_path / "c"}, resume=True, refresh=True,
+                             **kw)[name]
+    np.testing.assert_array_equal(again.top.doc, fresh.top.doc)
+    assert again.settings["model_dtype"] == "float32"
     with pytest.raises(ContextsError, match="other settings"):  # refresh forgives new weights, not new settings
         collect_contexts({name: retrained}, tokens=10**6, out={name: tmp_path / "c"}, resume=True, refresh=True,
                          **{**kw, "n_top": 4})

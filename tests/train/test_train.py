@@ -89,6 +89,61 @@ def test_auxk_gradient_matches_autograd():
         assert torch.allclose(g, r, atol=1e-6, rtol=1e-4)
 
 
+def test_gradient_buffers_reused_across_steps_hold_only_the_last_step():
+    """The weight gradients are written into the previous step's tensors: nothing of it may remain."""
+    job = make_job()
+    g = torch.Generator().manual_seed(5)
+    first = torch.randn(64, 16, generator=g)
+    job.topk_grads(first, first, 6, 0)
+    buffers = [q.grad for q in job.opt_params]
+    x = torch.randn(64, 16, generator=g)
+    _, ref = reference_grads(job, x, x, 6)
+    job.topk_grads(x, x, 6, 0)
+    assert job.opt_params[0].grad is buffers[0] and job.opt_params[2].grad is buffers[2]
+    for got, r in zip(sae_grads(job), ref):
+        assert torch.allclose(got, r, atol=1e-6, rtol=1e-4)
+
+
+def test_auxk_in_bfloat16_is_close_to_fp32():
+    """AuxK's matmuls run in the score dtype: its share of the gradients stays within 8%."""
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(2))
+    shares, losses = [], []
+    for dt in ("float32", "bfloat16"):
+        job = make_job(aux_k=4, dead_tokens=10, score_dtype=dt)
+        job.last_fired[:32] = 1_000
+        job.topk_grads(x, x, 6, 0)  # before dead_tokens: no AuxK
+        without = [g.clone() for g in sae_grads(job)]
+        _, stats, _ = job.topk_grads(x, x, 6, 1_000)
+        losses.append(stats["aux"])
+        shares.append([g - w for g, w in zip(sae_grads(job), without)])
+    assert losses[1] == pytest.approx(losses[0], rel=0.02)
+    for a, b in zip(*shares):
+        assert (a - b).norm() <= 0.08 * b.norm() + 1e-7  # 8-bit mantissas through three products
+
+
+def _vanilla_reference(job, x, lam):
+    """MSE + lam x sum_f f x ||W_dec row f||, by autograd on fresh fp32 copies."""
+    params = [p.detach().clone().requires_grad_() for p in job.params]
+    W_enc, b_enc, W_dec, b_dec = params
+    f = (x @ W_enc + b_enc).relu()
+    loss = (f @ W_dec + b_dec - x).pow(2).mean() + lam * (f * W_dec.norm(dim=1)).sum(1).mean()
+    loss.backward()
+    return float(loss), [p.grad for p in params]
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 0.03)])
+def test_vanilla_step_gradients(dtype, tol):
+    """The vanilla step's matmuls run in the score dtype: fp32 is exact, bf16 within a few percent."""
+    job = make_job(activation="relu", score_dtype=dtype)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(6))
+    ref_loss, ref = _vanilla_reference(job, x, 0.01)
+    loss, stats, fired = job.relu_grads(x, x, 0.01)
+    assert loss == pytest.approx(ref_loss, rel=tol)
+    for p, r in zip(job.params, ref):
+        assert p.grad.dtype == torch.float32 and (p.grad - r).norm() <= tol * r.norm() + 1e-7
+    assert 0 < stats["l0"] < 64 and fired.numel() > 0
+
+
 def test_bfloat16_ranking_keeps_fp32_values():
     """With a bf16 ranking matmul only the choice is approximate: values and gradients stay fp32-exact."""
     job32, job16 = make_job(n=256, k=10), make_job(n=256, k=10, score_dtype="bfloat16")
