@@ -157,7 +157,7 @@ class SAETrainer:
         n_dead = int(sh.shard_sum(torch.tensor(dead.numel())))
         if not n_dead:
             return None
-        W_enc, b_enc, W_dec, _ = self.params
+        _, b_enc, W_dec, _ = self.params
         # every tensor-parallel shard ranks the same number of columns (padding: feature 0 at value 0)
         width = sh.common_width(dead.numel())
         valid = torch.arange(width, device=x.device) < dead.numel()
@@ -190,8 +190,9 @@ class SAETrainer:
         low = self.score_dtype
         with torch.autocast(x.device.type, dtype=low, enabled=low != torch.float32):
             f = torch.addmm(b_enc, x, W_enc).relu()
-            y_hat = sh.sum_partials(f @ W_dec) + b_dec if sh.tp > 1 else torch.addmm(b_dec, f, W_dec)
-            l1 = sh.sum_partials(f @ W_dec.norm(dim=1)).float().mean()  # L1 weighted by decoder-row norms
+            # partial sums cross the shards in fp32
+            y_hat = sh.sum_partials((f @ W_dec).float()) + b_dec if sh.tp > 1 else torch.addmm(b_dec, f, W_dec)
+            l1 = sh.sum_partials((f @ W_dec.norm(dim=1)).float()).mean()  # L1 weighted by decoder-row norms
         e = y_hat.float() - y
         mse = self.recon_loss(e, y)
         loss = mse + lam * l1
