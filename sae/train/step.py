@@ -153,8 +153,9 @@ class SAETrainer:
         cfg, sh = self.config, self.sh
         if cfg.aux_k <= 0 or tokens_before < cfg.dead_tokens:
             return None
-        dead = ((tokens_before - self.last_fired) > cfg.dead_tokens).nonzero().squeeze(1)  # never fired: last = -1
-        n_dead = int(sh.shard_sum(torch.tensor(dead.numel())))
+        is_dead = (tokens_before - self.last_fired) > cfg.dead_tokens  # never fired: last = -1
+        n_dead = int(sh.shard_sum(is_dead.sum()))  # on the features' device (a collective under tp)
+        dead = is_dead.nonzero().squeeze(1)
         if not n_dead:
             return None
         _, b_enc, W_dec, _ = self.params
