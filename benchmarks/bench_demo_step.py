@@ -1,10 +1,11 @@
 """One training step of each demo SAE (L15R-8x, L15R-32x TopK k = 50, L15R-8x-Vanilla), batch 1,024,
 d = 576, in the step's matmul dtype fp32 and bf16 side by side, against the floor of its matmuls.
 
-    .venv/bin/python benchmarks/bench_demo_step.py [--repeats 3] [--dead 0.1]
+    .venv/bin/python benchmarks/bench_demo_step.py [--repeats 3] [--dead 0.1,0.4]
 
-The TopK rows run with AuxK (k 512 over the dead features: `--dead` of the features silent, the demo's
-32x keeps ~10% silent) and without (no feature dead). Floors: the step's matmul FLOPs at the rate a
+The TopK rows run with AuxK (k 512 over the dead features: each `--dead` fraction of the features
+silent; in the demo's 32x run ~40% count as dead by AuxK's 50,000-token window early on and ~18% at
+the end) and without (no feature dead). Floors: the step's matmul FLOPs at the rate a
 dense matmul of the 32x ranking shape reaches here in that dtype (TopK: the one ranking matmul; vanilla:
 its five forward and backward matmuls). Writes benchmarks/results/bench_demo_step.md.
 """
@@ -66,9 +67,12 @@ def step_seconds(x: torch.Tensor, expansion: int, activation: str, dtype: str, d
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--dead", type=float, default=0.1, help="fraction of silent features in the AuxK rows")
+    ap.add_argument("--dead", default="0.1,0.4",
+                    help="fractions of silent features in the AuxK rows, comma-separated (the demo's 32x: ~40%% "
+                         "by AuxK's 50,000-token window early on, ~18%% at the end)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/bench_demo_step.md")
     args = ap.parse_args()
+    deads = [float(v) for v in args.dead.split(",")]
     torch.manual_seed(0)
     x = SyntheticData(d=D, seed=0).sample(B)
     x = x * (D**0.5 / x.norm(dim=1).mean())  # the trainer's normalised space
@@ -77,7 +81,7 @@ def main() -> None:
     for name, expansion, activation in SAES:
         F = expansion * D
         flops = 2 * B * D * F * (1 if activation == "topk" else 5)
-        for dead in ((args.dead, 0.0) if activation == "topk" else (0.0,)):
+        for dead in ((*deads, 0.0) if activation == "topk" else (0.0,)):
             times = {dt: step_seconds(x, expansion, activation, dt, dead, args.repeats) for dt in rates}
             aux = "-" if activation == "relu" else (f"{dead:.0%} dead" if dead else "none dead")
             rows.append(f"| {name} | {aux} | {times['float32'] * 1e3:.1f} | {times['bfloat16'] * 1e3:.1f} | "

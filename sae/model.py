@@ -145,10 +145,33 @@ class SparseAutoencoder(nn.Module):
         return torch.linalg.vector_norm(self.W_dec, dim=1)
 
     def _topk_code(self, pre: torch.Tensor) -> SparseCode:
-        acts = pre.relu()
-        score = acts * self.decoder_norms() if self.topk_by_decoder_norm else acts
+        score = pre.relu()
+        if self.topk_by_decoder_norm:
+            score.mul_(self.decoder_norms())
         idx = score.topk(self.k, dim=-1, sorted=False).indices
-        return SparseCode(acts.gather(-1, idx), idx)
+        return SparseCode(pre.gather(-1, idx).clamp_min(0), idx)
+
+    def _threshold_code(self, pre: torch.Tensor) -> SparseCode:
+        # ReLU(pre) x (pre > theta) is pre wherever pre > max(theta, 0): one mask, then its non-zeros in
+        # row order in each row's first slots (no dense activation tensor, no top-m sort)
+        floor = self.threshold.clamp_min(0) if self.activation == "jumprelu" else torch.zeros(())
+        flat = pre.reshape(-1, pre.shape[-1])
+        mask = flat > floor.to(flat.device, flat.dtype)  # [n, F]
+        counts = mask.sum(-1)
+        m = max(int(counts.max()) if counts.numel() else 0, 1)
+        rows, cols = mask.nonzero(as_tuple=True)
+        slot = torch.arange(rows.numel(), device=pre.device) - (counts.cumsum(0) - counts)[rows]
+        values = flat.new_zeros(flat.shape[0], m)
+        idx = torch.zeros(flat.shape[0], m, dtype=torch.long, device=pre.device)
+        values[rows, slot] = flat[rows, cols]
+        idx[rows, slot] = cols
+        # the other slots point at inactive features, distinct within the row (scatter_ stays safe): a row
+        # with c active features has at least m - c inactive ones among its first min(F, 2m) features
+        free = ~mask[:, : min(mask.shape[1], 2 * m)]
+        rank = free.cumsum(1) - 1
+        r, c = (free & (rank < (m - counts)[:, None])).nonzero(as_tuple=True)
+        idx[r, counts[r] + rank[r, c]] = c
+        return SparseCode(values.reshape(*pre.shape[:-1], m), idx.reshape(*pre.shape[:-1], m))
 
     def _dense_acts(self, pre: torch.Tensor) -> torch.Tensor:
         if self.activation == "relu":
@@ -167,15 +190,16 @@ class SparseAutoencoder(nn.Module):
         """x: [..., d_in] -> SparseCode of [..., m] values and indices, never a dense [..., F] output.
 
         TopK gives m = k. For relu/jumprelu, m is the largest number of active features in any row and
-        shorter rows are padded with value 0 (their indices then point at arbitrary features).
+        shorter rows are padded with value 0 at features inactive in the row (a row's indices are distinct).
         """
-        pre = self.pre_acts(x)
+        return self.sparse_code(self.pre_acts(x))
+
+    def sparse_code(self, pre: torch.Tensor) -> SparseCode:
+        """Pre-activations [..., F] (left unchanged, so several inference modes can share them) -> the
+        SparseCode of this SAE's activation, as `encode_sparse` returns it."""
         if self.activation == "topk":
             return self._topk_code(pre)
-        acts = self._dense_acts(pre)
-        m = max(int((acts > 0).sum(-1).max()) if acts.numel() else 0, 1)
-        values, idx = acts.topk(m, dim=-1, sorted=False)
-        return SparseCode(values, idx)
+        return self._threshold_code(pre)
 
     def decode(self, f: torch.Tensor | SparseCode) -> torch.Tensor:
         """Dense f [..., F] or a SparseCode -> reconstruction [..., d_out]."""

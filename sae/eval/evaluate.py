@@ -8,8 +8,10 @@
     result.write("out/eval")                              # eval.csv, frequencies.csv, positions.csv, run.json
 
 Every statistic uses ordinary positions only (BOS, EOS, padding and other special tokens are masked;
-see `sae.data.text`; so are massive-activation positions, `sae.data.massive`, counted in `massive_tokens`). One clean forward per token batch serves every SAE, at every layer: it keeps the
-residual entering each layer with an SAE and the activations at every site an SAE reads or writes.
+see `sae.data.text`; so are massive-activation positions, `sae.data.massive`, counted in
+`massive_tokens`). One clean forward per token batch serves every SAE, at every layer: it keeps the
+residual entering each layer with an SAE and the activations at every site an SAE reads or writes; one
+encoder matmul serves all of an SAE's inference modes.
 Each splice (an SAE's reconstruction replacing its output site, special positions untouched) then
 reruns only the blocks from the SAE's layer on, from that cached residual; zero-ablation baselines run
 once per output site. LM metrics can be limited to the first `lm_tokens` tokens (they cost the reruns);
@@ -233,10 +235,13 @@ def _evaluate_one(
                         finals[("zero", out_site)] = h[:, :-1][score]
                 pos = torch.arange(mask.shape[1], device=device).expand_as(mask)[mask].cpu()
                 bucket = torch.bucketize(pos, edges_t, right=True) - 1
+                shared: tuple[Any, torch.Tensor] | None = None  # (SAE, pre-activations): its modes are consecutive
                 for i, (t, s) in enumerate(zip(targets, sums)):
                     x = acts[t.inp.hook][mask].float()
                     y = acts[t.out.hook][mask].float()
-                    values, idx = t.sae.encode_sparse(x.to(t.sae.W_enc.dtype))
+                    if shared is None or shared[0] is not t.base:
+                        shared = (t.base, t.sae.pre_acts(x.to(t.sae.W_enc.dtype)))
+                    values, idx = t.sae.sparse_code(shared[1])
                     y_hat = t.sae.decode_sparse(values, idx).float()
                     s.add(x, y, y_hat, values, idx, bucket)
                     if need_lm:

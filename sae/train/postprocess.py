@@ -42,6 +42,7 @@ from sae.train.source import as_batch
 
 DEFAULT_TOKENS = 32_768
 CALIBRATIONS = ("global", "per-feature")
+CHUNK = 4096  # calibration tokens per encoder pass
 
 
 @dataclass
@@ -183,8 +184,9 @@ def postprocess(sae: SparseAutoencoder, activations: Any, *, n_tokens: int = DEF
     for x, y in _pairs(activations, hook_in, hook_out, n_tokens):
         if x.shape[-1] != out.d_in or y.shape[-1] != out.d_out:
             raise SAEError(f"activations have widths {x.shape[-1]} -> {y.shape[-1]}, the SAE {out.d_in} -> {out.d_out}")
-        xs.append(x.to(out.W_enc.device))
-        ys.append(y.to(out.W_enc.device))
+        # in chunks: a [chunk, F] pre-activation stays small (memory and cache) however many tokens
+        xs.extend(x.to(out.W_enc.device).split(CHUNK))
+        ys.extend(y.to(out.W_enc.device).split(CHUNK))
     got = sum(x.shape[0] for x in xs)
     if got == 0:
         raise SAEError("no activations to compute the JumpReLU threshold on")

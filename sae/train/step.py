@@ -164,22 +164,26 @@ class SAETrainer:
         valid = torch.arange(width, device=x.device) < dead.numel()
         cols = torch.nn.functional.pad(dead, (0, width - dead.numel()))
         enc, low = self.opt_params[0], self.score_dtype  # W_enc as [F, d]
-        pre = _mm(x, enc[cols].T, low).add_(b_enc[cols]).mul_(valid)  # [B, width]
-        _, pick, owned = sh.topk(pre * n[cols], min(cfg.aux_k, n_dead))
-        mark = torch.ones_like(pre[:, :1]).expand_as(pick) if owned is None else owned.to(pre.dtype)
-        chosen = torch.zeros_like(pre).scatter_add_(1, pick, mark)  # other shards' picks add 0 at column 0
-        values = pre.clamp_min_(0).mul_(chosen)  # [B, width]: aux_k entries per token at most
-        W_rows = W_dec[cols]
+        # the [B, width] tensors stay in the score dtype, and the ranking folds the decoder norms into the
+        # matmul as the main selection does: a pre-activation is its score / norm
+        n_rows = n[cols]
+        x_lo, W_rows = x.to(low), W_dec[cols].to(low)  # [B, d], [width, d]
+        pre = torch.mm(x_lo, enc[cols].to(low).T).float().add_(b_enc[cols]).mul_(valid)
+        top, pick, owned = sh.topk(pre * n_rows, min(cfg.aux_k, n_dead))  # [B, width] -> [B, m]
+        picked = pre.gather(1, pick).clamp_min_(0)
+        if owned is not None:  # other shards' picks add 0 at column 0
+            picked.mul_(owned)
+        values = x_lo.new_zeros(pre.shape).scatter_add_(1, pick, picked.to(low))  # [B, width]: aux_k per token at most
         residual = -e
-        diff = sh.sum_partials(_mm(values, W_rows, low)) - residual
+        diff = sh.sum_partials(torch.mm(values, W_rows).float()) - residual  # [B, d], across shards in fp32
         denom, diff_sq = sh.replica_sums([(residual - sh.batch_mean(residual)).pow(2).sum(), diff.pow(2).sum()])
         denom = denom or 1e-12
         # x ddp: the replicas' gradients are averaged, this term is a sum over the global batch
-        d_aux = diff * (2 * cfg.aux_coef * sh.ddp / denom)
-        g = _mm(d_aux, W_rows.T, low).mul_(values > 0)  # dL/dpre [B, width]
-        W_dec.grad.index_add_(0, cols, _mm(values.T, d_aux, low))
-        enc.grad.index_add_(0, cols, _mm(g.T, x, low))
-        b_enc.grad.index_add_(0, cols, g.sum(0))
+        d_aux = (diff * (2 * cfg.aux_coef * sh.ddp / denom)).to(low)
+        g = torch.mm(d_aux, W_rows.T).masked_fill_(values == 0, 0)  # dL/dpre [B, width]
+        W_dec.grad.index_add_(0, cols, torch.mm(values.T, d_aux).float())
+        enc.grad.index_add_(0, cols, torch.mm(g.T, x_lo).float())
+        b_enc.grad.index_add_(0, cols, g.sum(0, dtype=torch.float32))
         return diff_sq / denom
 
     def relu_grads(self, x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[float, dict[str, float], torch.Tensor]:
@@ -234,11 +238,6 @@ class SAETrainer:
         out = {key: total / n for key, (total, n) in self.acc.items()}
         self.acc = {}
         return out
-
-
-def _mm(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """a @ b computed in `dtype`, returned in fp32."""
-    return torch.mm(a.to(dtype), b.to(dtype)).float()
 
 
 def _token_scale(y: torch.Tensor, y_mean: torch.Tensor) -> torch.Tensor:

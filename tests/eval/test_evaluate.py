@@ -200,6 +200,22 @@ def test_sharing_the_clean_forward_changes_nothing(tiny_llama, tiny_corpus):
             assert together.loc[name, col] == pytest.approx(alone[col], rel=1e-6, abs=1e-9), (name, col)
 
 
+def test_modes_sharing_one_encoder_matmul_change_nothing(tiny_llama, tiny_corpus):
+    """All modes of two SAEs in one run (one encoder matmul per SAE) equal each mode of each SAE alone."""
+    model, tok = tiny_llama
+    saes = {"j": site_sae("blocks.1.hook_resid_post", activation="jumprelu", k=5, threshold=0.2, seed=5),
+            "t": site_sae("blocks.2.hook_resid_post", k=5, seed=6)}
+    modes = ["native", "topk", "relu"]
+    together = evaluate(saes, model, tiny_corpus, tokenizer=tok, modes=modes, **KW).eval.set_index(["sae", "mode"])
+    assert len(together) == 6
+    for name, s in saes.items():
+        for mode in modes:
+            alone = evaluate({name: s}, model, tiny_corpus, tokenizer=tok, modes=[mode], **KW).eval.iloc[0]
+            for col in ("l0", "mse", "explained_variance_centred", "ce_spliced", "kl_div"):
+                got = together.loc[(name, mode), col]
+                assert got == pytest.approx(alone[col], rel=1e-6, abs=1e-9), (name, mode, col)
+
+
 def test_lm_metrics_need_no_forward_past_the_layer_when_off(tiny_llama, tiny_corpus):
     model, tok = tiny_llama
     calls = []

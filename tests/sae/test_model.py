@@ -40,6 +40,37 @@ def test_encode_decode_match_definitions(activation):
     assert sae.mean_l0(x) == pytest.approx(float((f_ref > 0).sum(1).double().mean()))
 
 
+@pytest.mark.parametrize("activation,threshold", [("relu", 1.0), ("jumprelu", 1.0), ("jumprelu", -5.0)])
+def test_threshold_code_pads_with_distinct_inactive_features(activation, threshold):
+    """Each row: its active features once each, then other features of the row at value 0, no repeats;
+    a negative JumpReLU threshold acts as 0 (ReLU first), so most rows are nearly full."""
+    sae = random_sae(activation, threshold=threshold)
+    x = torch.randn(40, 12, generator=torch.Generator().manual_seed(3))
+    f_ref, _ = literal(sae, x)
+    values, idx = sae.encode_sparse(x)
+    assert idx.shape[1] == int((f_ref > 0).sum(1).max())
+    for r in range(40):
+        assert len(set(idx[r].tolist())) == idx.shape[1]
+        assert set(idx[r][values[r] > 0].tolist()) == set((f_ref[r] > 0).nonzero().flatten().tolist())
+        assert (f_ref[r, idx[r][values[r] == 0]] == 0).all()
+
+
+def test_modes_share_pre_activations():
+    """sparse_code on one pre-activation tensor gives every inference mode's encode_sparse."""
+    from sae.eval.resolve import inference_variant
+
+    sae = random_sae("jumprelu", threshold=0.5)
+    sae.k = 5
+    x = torch.randn(30, 12, generator=torch.Generator().manual_seed(4))
+    pre = sae.pre_acts(x)
+    before = pre.clone()
+    for mode in ("native", "topk", "relu"):
+        variant = inference_variant(sae, mode)
+        got, want = variant.sparse_code(pre), variant.encode_sparse(x)
+        assert torch.equal(got.values, want.values) and torch.equal(got.indices, want.indices)
+    assert torch.equal(pre, before)
+
+
 def test_topk_ranks_by_decoder_norm():
     sae = SparseAutoencoder(2, 2, k=1)
     with torch.no_grad():
