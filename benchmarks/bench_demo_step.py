@@ -22,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import write_table  # noqa: E402
 from sae.data.synthetic import SyntheticData  # noqa: E402
 from sae.train import SAESpec, TrainConfig  # noqa: E402
 from sae.train.initialise import init_sae  # noqa: E402
@@ -88,20 +89,14 @@ def main() -> None:
                         f"{times['float32'] / times['bfloat16']:.2f} | {flops / rates['bfloat16'] * 1e3:.1f} | "
                         f"{B / times['bfloat16']:,.0f} |")
             print(rows[-1], flush=True)
-    text = "\n".join([
+    write_table(args.out, [
         f"# The demo's training step: batch {B}, d = {D}, k = {K}",
         "",
         f"`python benchmarks/bench_demo_step.py --repeats {args.repeats} --dead {args.dead}`; torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads. Matmul [{B}x{D}]x[{D}x{32 * D}]: fp32 "
         f"{rates['float32'] / 1e9:.0f} GFLOP/s, bf16 {rates['bfloat16'] / 1e9:.0f} GFLOP/s.",
-        "",
-        "| SAE | AuxK | fp32 step ms | bf16 step ms | fp32 / bf16 | bf16 matmul floor ms | tokens/s (bf16) |",
-        "|---|---|---:|---:|---:|---:|---:|",
-        *rows,
-        "",
-    ])
-    args.out.write_text(text)
-    print(text)
+    ], ["SAE", "AuxK", "fp32 step ms", "bf16 step ms", "fp32 / bf16", "bf16 matmul floor ms", "tokens/s (bf16)"],
+        rows, numeric_from=2)
 
 
 if __name__ == "__main__":

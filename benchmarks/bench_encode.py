@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import write_table  # noqa: E402
 from sae.eval.resolve import inference_variant  # noqa: E402
 from sae.formats import load  # noqa: E402
 from sae.pipelines.demo import HOOK, SUITE, DemoSettings, training_stream  # noqa: E402
@@ -77,20 +78,13 @@ def main() -> None:
                     f"{shared * 1e3:.0f} | {per_mode / shared:.2f} | {dense * 1e3:.0f} | {native * 1e3:.0f} | "
                     f"{dense / native:.2f} | {floor / len(modes) * 1e3:.0f} |")
         print(rows[-1], flush=True)
-    text = "\n".join([
+    write_table(args.out, [
         f"# Encoding the demo suite: {args.tokens:,} captured tokens in chunks of {args.chunk:,}",
         "",
         f"`python benchmarks/bench_encode.py --tokens {args.tokens} --chunk {args.chunk} --repeats {args.repeats}`; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of {args.repeats}, ms for all tokens.",
-        "",
-        "| SAE | native | modes | per mode | shared pre | ratio | native: dense + topk | native: sparse_code | ratio "
-        "| fp32 matmul floor (one mode) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        *rows,
-        "",
-    ])
-    args.out.write_text(text)
-    print(text)
+    ], ["SAE", "native", "modes", "per mode", "shared pre", "ratio", "native: dense + topk", "native: sparse_code",
+        "ratio", "fp32 matmul floor (one mode)"], rows, numeric_from=3)
 
 
 if __name__ == "__main__":
