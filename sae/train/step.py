@@ -164,12 +164,11 @@ class SAETrainer:
         valid = torch.arange(width, device=x.device) < dead.numel()
         cols = torch.nn.functional.pad(dead, (0, width - dead.numel()))
         enc, low = self.opt_params[0], self.score_dtype  # W_enc as [F, d]
-        # the [B, width] tensors stay in the score dtype, and the ranking folds the decoder norms into the
-        # matmul as the main selection does: a pre-activation is its score / norm
-        n_rows = n[cols]
+        # ranked in fp32 from a product in the score dtype; the chosen values and their gradient [B, width]
+        # are made in the score dtype, not converted to it before each product
         x_lo, W_rows = x.to(low), W_dec[cols].to(low)  # [B, d], [width, d]
-        pre = torch.mm(x_lo, enc[cols].to(low).T).float().add_(b_enc[cols]).mul_(valid)
-        top, pick, owned = sh.topk(pre * n_rows, min(cfg.aux_k, n_dead))  # [B, width] -> [B, m]
+        pre = torch.mm(x_lo, enc[cols].to(low).T).float().add_(b_enc[cols]).mul_(valid)  # [B, width]
+        _, pick, owned = sh.topk(pre * n[cols], min(cfg.aux_k, n_dead))  # [B, m]
         picked = pre.gather(1, pick).clamp_min_(0)
         if owned is not None:  # other shards' picks add 0 at column 0
             picked.mul_(owned)
