@@ -78,21 +78,15 @@ class Collector:
 
     def _active(self, x: torch.Tensor, tok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(token index into the chunk, feature, activation) of every non-zero activation of tokens `tok`,
-        `self.chunk` tokens at a time: TopK through `encode_sparse`; threshold SAEs through `encode` on the
-        chunk and its non-zeros (what their `encode_sparse` computes anyway, without its top-m sort)."""
+        `self.chunk` tokens at a time through `encode_sparse` (a [chunk, F] pre-activation, at most 256 MiB)."""
         dev = self.sae.W_enc.device
         out_t, out_f, out_v = [], [], []
         for s in range(0, len(tok), self.chunk):
             part = torch.from_numpy(tok[s : s + self.chunk])
             xb = x[part].to(dev, self.sae.W_enc.dtype)
-            if self.sae.activation == "topk":
-                vals, idx = self.sae.encode_sparse(xb)
-                r, c = (vals > 0).nonzero(as_tuple=True)
-                f, v = idx[r, c], vals[r, c]
-            else:
-                dense = self.sae.encode(xb)  # [chunk, F], at most 256 MiB
-                r, f = dense.nonzero(as_tuple=True)
-                v = dense[r, f]
+            vals, idx = self.sae.encode_sparse(xb)
+            r, c = (vals > 0).nonzero(as_tuple=True)
+            f, v = idx[r, c], vals[r, c]
             out_t.append(part[r.cpu()].numpy())
             out_f.append(f.cpu().numpy())
             out_v.append(v.float().cpu().numpy())
