@@ -131,8 +131,8 @@ def next_token_sums(logits: Callable[[torch.Tensor], torch.Tensor], clean_h: tor
     """(sum of clean CE, key -> (sum of CE, sum of KL(clean || it))) over the scored positions, chunk-wise.
 
     clean_h and every finals[key]: [n, d_model] final hidden states; target_ids: [n] next tokens;
-    logits: hidden states -> [n, vocab] logits. KL is a row-wise dot product of p and log p - log q (no
-    [n, vocab] product), so a state equal to the clean one gives exactly 0."""
+    logits: hidden states -> [n, vocab] logits. KL = sum p log p - sum p log q, the first sum once per
+    chunk (one [n, vocab] pass less per state; a state equal to the clean one gives exactly 0)."""
     clean = 0.0
     sums = {k: [0.0, 0.0] for k in finals}
     for s in range(0, clean_h.shape[0], chunk):
@@ -140,16 +140,12 @@ def next_token_sums(logits: Callable[[torch.Tensor], torch.Tensor], clean_h: tor
         lp_c = logits(clean_h[s : s + chunk]).float().log_softmax(-1)
         clean += float(-lp_c.gather(-1, tgt).double().sum())
         p_c = lp_c.exp()
+        neg_entropy = (p_c * lp_c).sum(-1)  # [n]
         for k, h in finals.items():
             lp = logits(h[s : s + chunk]).float().log_softmax(-1)
             sums[k][0] += float(-lp.gather(-1, tgt).double().sum())
-            sums[k][1] += float(_row_dot(p_c, lp_c - lp).clamp_min(0).double().sum())
+            sums[k][1] += float((neg_entropy - (p_c * lp).sum(-1)).clamp_min(0).double().sum())
     return clean, {k: (ce, kl) for k, (ce, kl) in sums.items()}
-
-
-def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """[n, v] . [n, v] -> [n] row-wise, without an [n, v] product."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
 @dataclass
